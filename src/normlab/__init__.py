@@ -1,3 +1,3 @@
-"""normlab: batch normalization with batch statistics, moving averages and renormalization, compared by experiment."""
+"""normlab: batch statistics, moving averages and batch renormalization, compared by experiment."""
 
 __version__ = "0.1.0"
