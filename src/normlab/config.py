@@ -1,0 +1,410 @@
+"""Structured config schemas (registered in Hydra's ConfigStore) and their value checks.
+
+The dataclasses give every key its type, so a wrong type or an unknown key fails while Hydra
+composes the config. :func:`validate` then checks ranges and combinations, and turns the first
+problem into a :class:`ConfigError` whose one-line message names the key, the value and what is
+allowed; nothing has been trained or written when it is raised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from torch import nn
+
+from normlab.data import DATASETS, SAMPLERS
+from normlab.models import MODELS, build_model
+from normlab.norm import MODES, UPDATE_ORDERS
+from normlab.schedules import CONVENTIONS, KINDS, UNITS, build_schedule, check_schedule
+
+OPTIMIZERS = ("sgd", "adamw")
+LR_SCHEDULES = ("constant", "cosine", "step")
+LR_SCALING = ("none", "linear", "sqrt")
+DEVICES = ("auto", "cpu", "cuda")
+PROGRESS = ("auto", "on", "off")
+WANDB_MODES = ("offline", "online", "disabled")
+NUM_CLASSES = {"mnist1d": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10}
+INPUT_SHAPES = {
+    "mnist1d": (1, 40),
+    "mnist": (1, 28, 28),
+    "fashion_mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+}
+
+
+class ConfigError(ValueError):
+    """A config value that cannot run; ``str()`` is the one line shown to the user."""
+
+    def __init__(self, key: str, value: object, allowed: str) -> None:
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+
+
+@dataclass
+class ScheduleConfig:
+    """A value over training steps; see :mod:`normlab.schedules` for the kinds."""
+
+    kind: str = "constant"
+    value: float | None = None
+    start: float | None = None
+    end: float | None = None
+    begin: float = 0.0
+    finish: float = 1.0
+    unit: str = "fraction"
+    knots: list[list[float]] | None = None
+    floor: float = 0.0
+    convention: str = "momentum"
+
+
+@dataclass
+class NormConfig:
+    mode: str = "batch"
+    eps: float = 1e-5
+    update: str = "before"
+    grad_through_batch: bool = False
+    groups: int = 8
+    virtual_batch_size: int | None = None
+    alpha_fwd: float = 0.999
+    alpha_bkw: float = 0.99
+
+
+@dataclass
+class RenormConfig:
+    rmax: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(value=3.0))
+    dmax: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(value=5.0))
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist1d"
+    root: str | None = None
+    download: bool = False
+    sampler: str = "iid"
+    classes_per_batch: int = 2
+    drop_last: bool = True
+    train_size: int | None = None
+    val_size: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cnn1d"
+    depth: int | None = None
+    width: int | None = None
+    bias_before_norm: bool = False
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    warmup: float = 0.0
+    schedule: str = "cosine"
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    gamma: float = 0.1
+    lr_scaling: str = "none"
+    base_batch_size: int = 32
+    grad_clip: float | None = None
+
+
+@dataclass
+class EvalConfig:
+    train_subset: int = 1000
+    eval_batch_size: int = 1000
+    precise_bn: bool = False
+    precise_batches: int = 50
+
+
+@dataclass
+class DivergenceConfig:
+    loss_factor: float = 10.0
+    param_norm_factor: float = 100.0
+    activation_bound: float = 1e4
+    check_every: int = 10
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = False
+    project: str = "normlab"
+    entity: str | None = None
+    mode: str = "offline"
+    log_figures: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class PathsConfig:
+    results: str = "results"
+    runs: str = "${paths.results}/runs"
+    logs: str = "${paths.results}/logs"
+    wandb: str = "${paths.results}"
+    cache: str = ".cache/normlab"
+    data: str = "data"
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 1
+    keep_final: bool = False
+
+
+@dataclass
+class RunConfig:
+    norm: NormConfig = field(default_factory=NormConfig)
+    momentum: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(value=0.1))
+    renorm: RenormConfig = field(default_factory=RenormConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    batch_size: int = 32
+    seed: int = 0
+    steps: int | None = 1000
+    epochs: float | None = None
+    eval_every: int = 100
+    num_evals: int | None = None
+    device: str = "auto"
+    threads: int = 0
+    deterministic: bool = True
+    progress: str = "auto"
+    resume: bool = True
+    overwrite: bool = False
+    sweep: str = MISSING
+    tags: list[str] = field(default_factory=list)
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="normlab_schema", node=RunConfig)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _one_of(key: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(key, value, f"one of {', '.join(allowed)}")
+
+
+def _at_least(key: str, value: float | None, low: float, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if value is None or not value >= low:
+        raise ConfigError(key, value, f"a number >= {low}")
+
+
+def _in_range(key: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(key, value, f"a number in [{low}, {high}]")
+
+
+def validate(cfg: DictConfig | RunConfig, total_steps: int | None = None) -> RunConfig:
+    """Check a composed config; return it as a typed :class:`RunConfig` object.
+
+    Schedule windows are checked against the run length: ``steps`` when given, else
+    ``total_steps`` (known once the data set's size is, for runs given in ``epochs``).
+    """
+    run: RunConfig = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
+    _validate_top(run)
+    _validate_norm(run)
+    _validate_data(run)
+    _validate_model(run)
+    _validate_optim(run.optim)
+    _validate_eval(run)
+    _one_of("logger.wandb.mode", run.logger.wandb.mode, WANDB_MODES)
+    total = run.steps if run.steps is not None else total_steps
+    _validate_schedule("momentum", run.momentum, total, 0.0, 1.0)
+    if run.norm.mode == "renorm":
+        _validate_schedule("renorm.rmax", run.renorm.rmax, total, 1.0)
+        _validate_schedule("renorm.dmax", run.renorm.dmax, total, 0.0)
+    return run
+
+
+def _validate_top(run: RunConfig) -> None:
+    _at_least("batch_size", run.batch_size, 1)
+    _at_least("seed", run.seed, 0)
+    _at_least("eval_every", run.eval_every, 1)
+    _at_least("num_evals", run.num_evals, 1, optional=True)
+    _at_least("threads", run.threads, 0)
+    _one_of("device", run.device, DEVICES)
+    _one_of("progress", run.progress, PROGRESS)
+    _at_least("checkpoint.every", run.checkpoint.every, 0)
+    if (run.steps is None) == (run.epochs is None):
+        raise ConfigError("steps", run.steps, "exactly one of steps and epochs must be set")
+    _at_least("steps", run.steps, 1, optional=True)
+    if run.epochs is not None and not run.epochs > 0:
+        raise ConfigError("epochs", run.epochs, "a number > 0")
+    if not run.sweep or "/" in run.sweep or run.sweep.startswith("."):
+        raise ConfigError("sweep", run.sweep, "a non-empty directory name without '/'")
+
+
+def _validate_norm(run: RunConfig) -> None:
+    norm = run.norm
+    _one_of("norm.mode", norm.mode, MODES)
+    if not norm.eps > 0:
+        raise ConfigError("norm.eps", norm.eps, "a number > 0")
+    _one_of("norm.update", norm.update, UPDATE_ORDERS)
+    if norm.grad_through_batch and norm.update != "before":
+        raise ConfigError(
+            "norm.grad_through_batch",
+            True,
+            "only with norm.update=before (the statistics used "
+            "must contain the current batch to differentiate through it)",
+        )
+    _at_least("norm.groups", norm.groups, 1)
+    _check_groups_divide(run)
+    _at_least("norm.virtual_batch_size", norm.virtual_batch_size, 1, optional=True)
+    if norm.virtual_batch_size is not None and norm.mode != "batch":
+        raise ConfigError(
+            "norm.virtual_batch_size", norm.virtual_batch_size, "only with norm=batch"
+        )
+    if norm.virtual_batch_size is not None and run.batch_size % norm.virtual_batch_size:
+        raise ConfigError(
+            "norm.virtual_batch_size",
+            norm.virtual_batch_size,
+            f"a divisor of batch_size={run.batch_size}",
+        )
+    for key in ("alpha_fwd", "alpha_bkw"):
+        value = getattr(norm, key)
+        if not 0.0 < value < 1.0:
+            raise ConfigError(f"norm.{key}", value, "a number in (0, 1)")
+
+
+def _check_groups_divide(run: RunConfig) -> None:
+    """GroupNorm needs ``groups`` to divide every hidden width the model will give it."""
+    if run.norm.mode != "group":
+        return
+    widths: list[int] = []
+
+    def record(channels: int) -> nn.Module:
+        widths.append(channels)
+        return nn.Identity()
+
+    with torch.device("meta"):
+        build_model(
+            run.model.name,
+            INPUT_SHAPES[run.data.name],
+            NUM_CLASSES[run.data.name],
+            record,
+            depth=run.model.depth,
+            width=run.model.width,
+        )
+    for width in widths:
+        if width % run.norm.groups:
+            raise ConfigError(
+                "norm.groups",
+                run.norm.groups,
+                f"a divisor of every hidden width of model={run.model.name} (it has {width})",
+            )
+
+
+def _validate_data(run: RunConfig) -> None:
+    data = run.data
+    _one_of("data.name", data.name, DATASETS)
+    _one_of("data.sampler", data.sampler, SAMPLERS)
+    _at_least("data.train_size", data.train_size, 1, optional=True)
+    _at_least("data.val_size", data.val_size, 1, optional=True)
+    if data.sampler == "non_iid":
+        _in_range("data.classes_per_batch", data.classes_per_batch, 1, NUM_CLASSES[data.name])
+        if data.classes_per_batch > run.batch_size:
+            raise ConfigError(
+                "data.classes_per_batch",
+                data.classes_per_batch,
+                f"at most batch_size={run.batch_size} classes in a batch",
+            )
+
+
+def _validate_model(run: RunConfig) -> None:
+    _one_of("model.name", run.model.name, MODELS)
+    _at_least("model.depth", run.model.depth, 1, optional=True)
+    _at_least("model.width", run.model.width, 1, optional=True)
+    depth = run.model.depth
+    if run.model.name == "resnet20" and depth is not None and ((depth - 2) % 6 or depth < 8):
+        raise ConfigError("model.depth", depth, "6n+2 for resnet (8, 14, 20, 32, ...)")
+
+
+def _validate_optim(optim: OptimConfig) -> None:
+    _one_of("optim.name", optim.name, OPTIMIZERS)
+    if not (optim.lr > 0 and math.isfinite(optim.lr)):
+        raise ConfigError("optim.lr", optim.lr, "a finite number > 0")
+    _in_range("optim.momentum", optim.momentum, 0.0, 1.0)
+    _at_least("optim.weight_decay", optim.weight_decay, 0.0)
+    _in_range("optim.warmup", optim.warmup, 0.0, 1.0)
+    _one_of("optim.schedule", optim.schedule, LR_SCHEDULES)
+    if any(not 0 < m < 1 for m in optim.milestones) or optim.milestones != sorted(optim.milestones):
+        raise ConfigError("optim.milestones", optim.milestones, "increasing fractions in (0, 1)")
+    _in_range("optim.gamma", optim.gamma, 0.0, 1.0)
+    _one_of("optim.lr_scaling", optim.lr_scaling, LR_SCALING)
+    _at_least("optim.base_batch_size", optim.base_batch_size, 1)
+    if optim.grad_clip is not None and not optim.grad_clip > 0:
+        raise ConfigError("optim.grad_clip", optim.grad_clip, "null or a number > 0")
+
+
+def _validate_eval(run: RunConfig) -> None:
+    _at_least("eval.train_subset", run.eval.train_subset, 1)
+    _at_least("eval.eval_batch_size", run.eval.eval_batch_size, 1)
+    _at_least("eval.precise_batches", run.eval.precise_batches, 1)
+    div = run.divergence
+    for key in ("loss_factor", "param_norm_factor", "activation_bound"):
+        if not getattr(div, key) > 1:
+            raise ConfigError(f"divergence.{key}", getattr(div, key), "a number > 1")
+    _at_least("divergence.check_every", div.check_every, 1)
+
+
+def _validate_schedule(
+    key: str, sched: ScheduleConfig, total: int | None, low: float, high: float = math.inf
+) -> None:
+    _one_of(f"{key}.kind", sched.kind, KINDS)
+    _one_of(f"{key}.unit", sched.unit, UNITS)
+    _one_of(f"{key}.convention", sched.convention, CONVENTIONS)
+    try:
+        schedule = build_schedule(**schedule_kwargs(sched))
+        if total is not None:
+            check_schedule(schedule, total, key, low, high)
+    except ValueError as error:
+        raise ConfigError(key, schedule_kwargs(sched), str(error)) from None
+
+
+def schedule_kwargs(sched: ScheduleConfig) -> dict[str, Any]:
+    return {k: v for k, v in vars(sched).items() if v is not None}
+
+
+# Keys that say where and how a run is recorded, not what is trained: they stay out of its id.
+RECORD_KEYS = (
+    "paths",
+    "logger",
+    "device",
+    "threads",
+    "progress",
+    "resume",
+    "overwrite",
+    "sweep",
+    "tags",
+    "checkpoint",
+)
+
+
+def run_id(run: RunConfig) -> str:
+    """A readable, stable id: the same training config and seed always give the same id, so a
+    re-run sweep finds (and skips or resumes) its earlier runs."""
+    semantic = {k: v for k, v in asdict(run).items() if k not in RECORD_KEYS}
+    digest = hashlib.sha1(json.dumps(semantic, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{run.norm.mode}-bs{run.batch_size}-s{run.seed}-{digest}"

@@ -1,0 +1,257 @@
+"""``normlab-train``: the Hydra entry point that turns one config into one recorded run.
+
+Order of work, so that bad input never costs a half-written record: validate the config, load
+the data (file errors surface here), check the schedules against the run length and that the
+model builds, and only then create the run directory. Any later failure is recorded in the
+run's ``summary.json`` as ``failed``; in a multirun the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import shutil
+import socket
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from normlab.checkpoint import CHECKPOINT_FILE
+from normlab.config import ConfigError, RunConfig, register_configs, run_id, validate
+from normlab.data import DataError, Dataset, load_dataset
+from normlab.files import RunLock
+from normlab.loggers import RunRecord, read_summary
+from normlab.models import build_model
+from normlab.norm import OPTIONS, build_norm
+from normlab.trainer import Trainer, total_steps
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+FINISHED = ("completed", "diverged")
+register_configs()
+
+
+class InputError(Exception):
+    """Bad config or data: reported in one line, before any run directory exists."""
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> dict[str, Any]:
+    multirun = _is_multirun()
+    try:
+        return run(cfg)
+    except InputError as error:
+        print(f"normlab-train: {error}", file=sys.stderr)
+        if multirun:
+            return {"status": "invalid", "error": str(error)}
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        raise
+    except Exception:
+        if multirun:  # recorded as failed by run(); the sweep goes on
+            return {"status": "failed", "error": traceback.format_exc(limit=3)}
+        raise
+
+
+def _is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Validate, prepare and train one config; return its summary."""
+    try:
+        config = validate(cfg)
+        device = resolve_device(config.device)
+        data = load_dataset(
+            config.data.name,
+            config.data.root,
+            config.paths.cache,
+            config.data.download,
+            device,
+            config.data.train_size,
+            config.data.val_size,
+        )
+        config = validate(cfg, total_steps(config, len(data.y_train)))
+        _check_batch_fits(config, data)
+    except (ConfigError, DataError) as error:
+        raise InputError(str(error)) from None
+    run_dir = Path(config.paths.runs) / config.sweep / run_id(config)
+    lock = RunLock(run_dir)
+    if not lock.acquire():
+        print(f"normlab-train: {run_dir} is being run by {lock.holder()}; skipped", file=sys.stderr)
+        return {"status": "skipped", "run_dir": str(run_dir)}
+    try:
+        return _run_locked(cfg, config, data, device, run_dir)
+    finally:
+        lock.release()
+
+
+def _run_locked(
+    cfg: DictConfig, config: RunConfig, data: Dataset, device: torch.device, run_dir: Path
+) -> dict[str, Any]:
+    previous = read_summary(run_dir)
+    if previous and previous.get("status") in FINISHED and not config.overwrite:
+        print(f"normlab-train: {run_dir} already {previous['status']}; skipped", file=sys.stderr)
+        return previous
+    checkpoint = run_dir / CHECKPOINT_FILE
+    resuming = config.resume and not config.overwrite and checkpoint.exists()
+    if not resuming and run_dir.exists():
+        _clear_record(run_dir)
+    _set_threads(config.threads)
+    seed_everything(config.seed, config.deterministic and device.type == "cuda")
+    model = build_run_model(config, data).to(device)
+    record = RunRecord(run_dir)
+    trainer = Trainer(config, data, model, record, device, checkpoint)
+    resumed_step = trainer.resume_from(checkpoint) if resuming else None
+    record.open(OmegaConf.to_yaml(cfg, resolve=True), keep_until_step=resumed_step)
+    _attach_backends(record, config, run_dir)
+    identity = _identity(config, run_dir, device, resumed_step)
+    record.write_summary({**identity, "status": "running"})
+    try:
+        summary = {**identity, **trainer.fit()}
+    except BaseException as error:
+        summary = {
+            **identity,
+            **trainer.summary(),
+            "status": "failed",
+            "error": "".join(traceback.format_exception(error)[-6:]),
+        }
+        record.finish(summary)
+        raise
+    summary["finished_at"] = _now()
+    record.finish(summary)
+    if summary["status"] in FINISHED and not config.checkpoint.keep_final:
+        checkpoint.unlink(missing_ok=True)
+    if summary["status"] == "interrupted" and trainer.stop_signal == "SIGINT":
+        raise KeyboardInterrupt
+    return summary
+
+
+def _check_batch_fits(config: RunConfig, data: Dataset) -> None:
+    if config.batch_size > len(data.y_train):
+        raise ConfigError(
+            "batch_size", config.batch_size, f"at most the {len(data.y_train)} training examples"
+        )
+
+
+def build_run_model(config: RunConfig, data: Dataset) -> torch.nn.Module:
+    norm = config.norm
+    options = {
+        "eps": norm.eps,
+        "momentum": 0.1,
+        "rmax": 1.0,
+        "dmax": 0.0,
+        "update": norm.update,
+        "grad_through_batch": norm.grad_through_batch,
+        "groups": norm.groups,
+        "virtual_batch_size": norm.virtual_batch_size,
+        "alpha_fwd": norm.alpha_fwd,
+        "alpha_bkw": norm.alpha_bkw,
+    }
+    options = {k: v for k, v in options.items() if k in OPTIONS}
+    return build_model(
+        config.model.name,
+        data.input_shape,
+        data.num_classes,
+        lambda channels: build_norm(norm.mode, channels, **options),
+        depth=config.model.depth,
+        width=config.model.width,
+        bias_before_norm=config.model.bias_before_norm,
+    )
+
+
+def _attach_backends(record: RunRecord, config: RunConfig, run_dir: Path) -> None:
+    if not config.logger.wandb.enabled:
+        return
+    from normlab.loggers import WandbBackend
+
+    try:
+        record.add_backend(WandbBackend(config, run_dir))
+    except Exception as error:  # no dashboard is no reason to lose the run
+        record.backend_failed("wandb", error)
+
+
+def _clear_record(run_dir: Path) -> None:
+    for child in run_dir.iterdir():
+        if child.name.startswith(".lock"):
+            continue
+        if child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", name, "auto or cpu: no CUDA device is available here")
+    return torch.device(name)
+
+
+def _set_threads(threads: int) -> None:
+    if threads == 0 and HydraConfig.initialized():
+        n_jobs = HydraConfig.get().launcher.get("n_jobs")
+        if n_jobs:
+            cores = os.cpu_count() or 1
+            threads = max(1, cores // (cores if n_jobs < 0 else n_jobs))
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def seed_everything(seed: int, deterministic_kernels: bool = False) -> None:
+    """Seed every generator. CPU kernels used here are already deterministic for a fixed thread
+    count; on CUDA, ``deterministic_kernels`` also picks deterministic cuDNN/cuBLAS kernels
+    (the switch costs a second of imports, so it is only thrown where it matters)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic_kernels:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _identity(
+    config: RunConfig, run_dir: Path, device: torch.device, resumed_step: int | None
+) -> dict[str, Any]:
+    return {
+        "run_id": run_dir.name,
+        "sweep": config.sweep,
+        "run_dir": str(run_dir),
+        "norm": config.norm.mode,
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+        "device": str(device),
+        "device_name": _device_name(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started_at": _now(),
+        "resumed_from_step": resumed_step,
+        "wall_clock_start": time.time(),
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Shared fixtures: the real Hydra configs, composed or run through the real CLI in-process."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from normlab.train import CONF_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = REPO / ".cache" / "normlab"
+# Small but real: a 3-layer 1-D CNN on MNIST-1D; every test run uses the shared data cache.
+FAST = ["data.train_size=512", "data.val_size=256", "eval.train_subset=128", f"paths.cache={CACHE}"]
+
+
+@pytest.fixture
+def compose_config(tmp_path):
+    """``compose_config(*overrides)``: the composed config, results under ``tmp_path``."""
+
+    def _compose(*overrides: str):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(
+                "config",
+                overrides=[
+                    f"paths.results={tmp_path / 'results'}",
+                    "sweep=test",
+                    *FAST,
+                    *overrides,
+                ],
+            )
+
+    return _compose
+
+
+class CliResult:
+    def __init__(self, code: int, out: str, err: str, results: Path) -> None:
+        self.code, self.out, self.err, self.results = code, out, err, results
+
+    def run_dirs(self) -> list[Path]:
+        return sorted(p.parent for p in (self.results / "runs").rglob("config.yaml"))
+
+    def summary(self) -> dict:
+        (run_dir,) = self.run_dirs()
+        return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    """Run ``normlab-train ARGS`` in this process, as a user would type it."""
+
+    def _cli(*args: str, results: Path | None = None, fast: bool = True) -> CliResult:
+        from normlab.train import main
+
+        results = results or tmp_path / "results"
+        argv = ["normlab-train", f"paths.results={results}", *(FAST if fast else []), *args]
+        if "-m" not in args:
+            argv.append("progress=off")
+        GlobalHydra.instance().clear()
+        monkeypatch.setattr(sys, "argv", argv)
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        finally:
+            GlobalHydra.instance().clear()
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err, results)
+
+    return _cli

@@ -1,0 +1,156 @@
+"""One run end to end through the real CLI: configs, records, metrics, divergence, determinism."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from normlab.config import ConfigError, validate
+from normlab.norm import MODES
+
+
+def test_one_run_writes_its_record(cli):
+    result = cli("norm=renorm", "batch_size=16", "steps=40", "eval_every=20", "sweep=smoke")
+    assert result.code == 0, result.err
+    (run_dir,) = result.run_dirs()
+    assert run_dir.parent.name == "smoke" and run_dir.name.startswith("renorm-bs16-s0-")
+    assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "metrics.csv", "summary.json"}
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["norm"]["mode"] == "renorm" and config["batch_size"] == 16
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert metrics["step"].tolist() == [0, 20, 40]
+    for column in (
+        "loss",
+        "train_acc",
+        "val_acc_eval",
+        "val_acc_train_mode",
+        "gap_train_minus_eval",
+        "kl_train_eval",
+        "val_loss",
+        "train_subset_acc_eval",
+        "grad_norm",
+        "param_norm",
+        "mean_shift",
+        "std_ratio",
+        "r_clip_frac",
+        "d_clip_frac",
+        "prenorm_rms",
+    ):
+        assert column in metrics.columns, column
+    last = metrics.iloc[-1]
+    assert last["gap_train_minus_eval"] == pytest.approx(
+        last["val_acc_train_mode"] - last["val_acc_eval"], abs=0.05
+    )
+    summary = result.summary()
+    assert summary["status"] == "completed" and summary["steps"] == 40
+    assert summary["final"]["val_acc_eval"] == pytest.approx(last["val_acc_eval"])
+    assert summary["samples_per_s"] > 0
+
+
+def test_runs_are_deterministic_on_cpu(cli, tmp_path):
+    args = ("norm=moving_average", "batch_size=8", "steps=30", "eval_every=10")
+    first = cli(*args, results=tmp_path / "a")
+    second = cli(*args, results=tmp_path / "b")
+    (a,), (b,) = first.run_dirs(), second.run_dirs()
+    assert a.name == b.name, "the run id is stable for the same config and seed"
+    pd.testing.assert_frame_equal(pd.read_csv(a / "metrics.csv"), pd.read_csv(b / "metrics.csv"))
+    other_seed = cli(*args, "seed=1", results=tmp_path / "c")
+    (c,) = other_seed.run_dirs()
+    assert not pd.read_csv(c / "metrics.csv")["loss"].equals(pd.read_csv(a / "metrics.csv")["loss"])
+
+
+def test_huge_learning_rate_is_recorded_as_diverged(cli):
+    result = cli(
+        "norm=none", "model=mlp", "optim.lr=1e6", "optim.momentum=0.0", "steps=200", "eval_every=50"
+    )
+    assert result.code == 0, result.err
+    summary = result.summary()
+    assert summary["status"] == "diverged"
+    assert summary["divergence_signal"] in ("nonfinite_loss", "loss_explosion", "param_norm")
+    assert 1 <= summary["divergence_step"] <= 10
+    metrics = pd.read_csv(result.run_dirs()[0] / "metrics.csv")
+    assert metrics["step"].iloc[-1] < 200, "training stopped at the blow-up"
+
+
+def test_batch_norm_at_batch_size_one_is_chance_not_a_crash(cli):
+    result = cli("norm=batch", "model=mlp", "batch_size=1", "steps=60", "eval_every=30")
+    assert result.code == 0, result.err
+    final = result.summary()["final"]
+    # every hidden unit outputs its bias whatever the input: one constant prediction
+    assert final["val_acc_train_mode"] < 0.2
+    assert final["kl_train_eval"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_runs_at_every_batch_size(cli, mode):
+    for batch_size in (1, 2, 4, 32, 128):
+        result = cli(
+            f"norm={mode}",
+            f"batch_size={batch_size}",
+            "steps=4",
+            "eval_every=4",
+            "eval.train_subset=128",
+            "data.val_size=128",
+        )
+        assert result.code == 0, (mode, batch_size, result.err)
+    statuses = {json.loads((d / "summary.json").read_text())["status"] for d in result.run_dirs()}
+    assert statuses <= {"completed", "diverged"}
+
+
+# ------------------------------------------------------------------------ config validation
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "allowed"),
+    [
+        (["batch_size=0"], "batch_size", ">= 1"),
+        (["optim.lr=-0.1"], "optim.lr", "> 0"),
+        (["norm.mode=batchnorm"], "norm.mode", "moving_average"),
+        (
+            ["steps=100", "momentum=ramp", "momentum.unit=steps", "momentum.finish=500"],
+            "momentum",
+            "outside the run",
+        ),
+        (["norm=renorm", "renorm=fixed", "renorm.rmax.value=0.5"], "renorm.rmax", "outside"),
+        (
+            ["norm=moving_average", "norm.update=after", "norm.grad_through_batch=true"],
+            "norm.grad_through_batch",
+            "update=before",
+        ),
+        (["norm=group", "norm.groups=5"], "norm.groups", "divisor"),
+        (["data.sampler=non_iid", "data.classes_per_batch=11"], "data.classes_per_batch", "10"),
+        (
+            ["data.sampler=non_iid", "data.classes_per_batch=4", "batch_size=2"],
+            "data.classes_per_batch",
+            "batch_size=2",
+        ),
+        (["steps=null"], "steps", "exactly one"),
+    ],
+)
+def test_bad_values_fail_validation_naming_key_and_allowed(compose_config, overrides, key, allowed):
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(*overrides))
+    assert error.value.key == key
+    assert allowed in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["batch_size=0"], "batch_size=0 is not allowed"),
+        (["batch_size=abc"], "batch_size"),
+        (["norm=batchnorm"], "norm"),
+        (["optim.lr=-1"], "optim.lr=-1.0 is not allowed"),
+        (["model.width=wide"], "model.width"),
+    ],
+)
+def test_cli_rejects_bad_input_before_training(cli, args, expected):
+    result = cli(*args)
+    assert result.code != 0
+    assert expected in result.err
+    assert result.run_dirs() == [], "no run directory for a run that never started"
