@@ -58,9 +58,16 @@ def cli(tmp_path, monkeypatch, capsys):
         from normlab.train import main
 
         results = results or tmp_path / "results"
-        argv = ["normlab-train", f"paths.results={results}", *(FAST if fast else []), *args]
-        if "-m" not in args:
-            argv.append("progress=off")
+        flags = [a for a in args if a.startswith("-")]
+        overrides = [a for a in args if not a.startswith("-")]
+        argv = [
+            "normlab-train",
+            *flags,
+            f"paths.results={results}",
+            *(FAST if fast else []),
+            "progress=off",
+            *overrides,
+        ]
         GlobalHydra.instance().clear()
         monkeypatch.setattr(sys, "argv", argv)
         capsys.readouterr()

@@ -14,16 +14,19 @@ from normlab.norm import (
     MovingAverageNorm,
     build_norm,
     normalize_with_batch_stats,
+    normalize_with_constant_stats,
 )
 
-torch.set_default_dtype(torch.float64)
 SHAPES = [(8, 5), (8, 5, 7), (4, 5, 3, 6)]
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _float64():
+    # set here, not at import: collection imports every test module before any test runs
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
     yield
-    torch.set_default_dtype(torch.float32)
+    torch.set_default_dtype(previous)
 
 
 def dims_of(x):
@@ -200,6 +203,24 @@ def test_fused_batch_stat_normalization_gradcheck():
         return normalize_with_batch_stats(x, w, b, mean, var, 1e-5)
 
     x = torch.randn(5, 3, 4, requires_grad=True)
+    w, b = torch.rand(3, requires_grad=True), torch.randn(3, requires_grad=True)
+    assert torch.autograd.gradcheck(forward, (x, w, b))
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (5, 3, 4), (2, 3, 2, 3)])
+@pytest.mark.parametrize("through_stats", [False, True])
+def test_normalization_backward_gradcheck_on_every_layout(shape, through_stats):
+    """The CPU backward differs for inputs with spatial dims (sums on a per-sample view)."""
+
+    def forward(x, w, b):
+        if through_stats:  # the statistics must then be x's own
+            mean = x.mean(dim=dims_of(x)).detach()
+            var = x.var(dim=dims_of(x), correction=0).detach()
+            return normalize_with_batch_stats(x, w, b, mean, var, 1e-5)
+        mean, var = torch.tensor([0.3, -1.0, 2.0]), torch.tensor([0.5, 2.0, 1.0])
+        return normalize_with_constant_stats(x, w, b, mean, var, 1e-5)
+
+    x = torch.randn(shape, requires_grad=True)
     w, b = torch.rand(3, requires_grad=True), torch.randn(3, requires_grad=True)
     assert torch.autograd.gradcheck(forward, (x, w, b))
 
@@ -397,3 +418,105 @@ def test_setting_bad_schedule_values_on_a_layer_raises():
         layer.rmax = 0.9
     with pytest.raises(ValueError, match="momentum"):
         layer.momentum = 2.0
+
+
+def test_diagnostics_state_dict_round_trip_continues_the_window():
+    xs, _ = batches((6, 3), steps=5)
+    whole, split = build_norm("renorm", 3, rmax=1.5, dmax=0.5), build_norm("renorm", 3)
+    split.rmax, split.dmax = 1.5, 0.5
+    for x in xs:
+        whole(x)
+    for x in xs[:2]:
+        split(x)
+    state = split.diagnostics.state_dict()
+    split.diagnostics.reset()
+    split.diagnostics.load_state_dict(state)
+    for x in xs[2:]:
+        split(x)
+    expected, got = whole.diagnostics.collect(), split.diagnostics.collect()
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+# ---------------------------------------------------------------- layouts and devices
+
+
+def configured(mode, channels, options):
+    layer = build_norm(mode, channels, groups=1, **options)
+    if hasattr(layer, "weight") and layer.weight is not None:
+        randomize_affine(layer)
+    return layer
+
+
+MODE_OPTIONS = [(mode, {}) for mode in MODES] + [
+    ("moving_average", {"grad_through_batch": True}),
+    ("moving_average", {"update": "after"}),
+    ("renorm", {"rmax": 1.5, "dmax": 0.5}),
+]
+
+
+@pytest.mark.parametrize(("mode", "options"), MODE_OPTIONS)
+def test_channels_last_input_gives_the_same_training_steps(mode, options):
+    shape = (4, 5, 3, 6)
+    contiguous, strided = configured(mode, 5, options), configured(mode, 5, options)
+    xs, gs = batches(shape, steps=3)
+    y_a, gx_a = run_steps(contiguous, xs, gs)
+    channels_last = [x.contiguous(memory_format=torch.channels_last) for x in xs]
+    y_b, gx_b = run_steps(strided, channels_last, gs)
+    for a, b in zip(y_a + gx_a, y_b + gx_b, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(("mode", "options"), MODE_OPTIONS)
+@pytest.mark.parametrize("shape", [*SHAPES, (1, 5), (1, 5, 3, 6)])
+def test_cuda_training_steps_match_cpu(mode, options, shape):
+    cpu = configured(mode, shape[1], options)
+    cuda = configured(mode, shape[1], options).cuda()
+    xs, gs = batches(shape, steps=3)
+    y_cpu, gx_cpu = run_steps(cpu, xs, gs)
+    y_gpu, gx_gpu = run_steps(cuda, [x.cuda() for x in xs], [g.cuda() for g in gs])
+    for a, b in zip(y_cpu + gx_cpu, y_gpu + gx_gpu, strict=True):
+        torch.testing.assert_close(b.cpu(), a, atol=1e-9, rtol=1e-9)
+    for name, buffer in cpu.named_buffers():
+        torch.testing.assert_close(cuda.get_buffer(name).cpu(), buffer, atol=1e-9, rtol=1e-9)
+    if hasattr(cpu, "diagnostics"):
+        assert cuda.diagnostics.collect() == pytest.approx(cpu.diagnostics.collect(), rel=1e-6)
+
+
+# ---------------------------------------------------------------- ghost batch norm
+
+
+@pytest.mark.parametrize("shape", [(12, 5), (12, 5, 7)])
+def test_ghost_batch_norm_equals_torch_batchnorm_on_each_sub_batch(shape):
+    ghost = randomize_affine(build_norm("batch", shape[1], momentum=0.2, virtual_batch_size=4))
+    refs = [torch_bn((4, *shape[1:]), momentum=0.2) for _ in range(3)]
+    for ref in refs:
+        ref.load_state_dict(ghost.state_dict())
+    (x,), (g,) = batches(shape, steps=1)
+    x1 = x.clone().requires_grad_(True)
+    y = ghost(x1)
+    y.backward(g)
+    x2 = x.clone().requires_grad_(True)
+    y_ref = torch.cat([ref(part) for ref, part in zip(refs, x2.split(4), strict=True)])
+    y_ref.backward(g)
+    torch.testing.assert_close(y, y_ref, atol=1e-10, rtol=0)
+    torch.testing.assert_close(x1.grad, x2.grad, atol=1e-10, rtol=0)
+    weight_grad = sum(ref.weight.grad for ref in refs)
+    torch.testing.assert_close(ghost.weight.grad, weight_grad, atol=1e-10, rtol=0)
+    # one EMA step with the sub-batches' average mean and average unbiased variance
+    parts = x.split(4)
+    dims = dims_of(x)
+    mean = torch.stack([p.mean(dim=dims) for p in parts]).mean(0)
+    var = torch.stack([p.var(dim=dims, correction=1) for p in parts]).mean(0)
+    torch.testing.assert_close(ghost.running_mean, 0.2 * mean, atol=1e-12, rtol=0)
+    torch.testing.assert_close(ghost.running_var, 0.8 + 0.2 * var, atol=1e-12, rtol=0)
+
+
+def test_ghost_batch_norm_with_full_batch_is_plain_batch_norm():
+    x = torch.randn(8, 3)
+    plain, ghost = build_norm("batch", 3), build_norm("batch", 3, virtual_batch_size=8)
+    torch.testing.assert_close(plain(x), ghost(x), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="virtual_batch_size"):
+        build_norm("batch", 3, virtual_batch_size=3)(torch.randn(8, 3))
+    with pytest.raises(ValueError, match="virtual_batch_size"):
+        build_norm("batch", 3, virtual_batch_size=0)

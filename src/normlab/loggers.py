@@ -223,6 +223,8 @@ class WandbBackend:
         finally:
             failed = summary.get("status") == "failed"
             self.run.finish(exit_code=1 if failed else 0)
+            # the wandb-core service outlives finish(); a sweep in one process must not leak it
+            self.wandb.teardown()
 
 
 def run_label(config: Any) -> str:

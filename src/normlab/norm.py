@@ -16,20 +16,26 @@ Conventions shared by all modes:
 * Batch size 1 never raises. For ``batch``, one value per channel makes ``x - mu_B`` exactly 0,
   so the layer outputs ``bias`` whatever the input, and no gradient reaches the input: the
   "every example turns to zero" failure, shown rather than hidden.
+* ``online`` is the exception to the two points above: its statistics are updated sample by
+  sample with the paper's decay ``alpha_fwd`` (``momentum`` is ignored, except that 0 freezes
+  them), and ``running_var`` is its streaming variance estimate; see :class:`OnlineNorm`.
 
 References: Ioffe & Szegedy 2015 (arXiv 1502.03167); Ioffe 2017, Batch Renormalization
-(arXiv 1702.03275), Algorithm 1; Wu & He 2018, Group Normalization (arXiv 1803.08494).
+(arXiv 1702.03275), Algorithm 1; Chiley et al. 2019, Online Normalization (arXiv 1905.05894);
+Wu & He 2018, Group Normalization (arXiv 1803.08494).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-MODES = ("batch", "moving_average", "renorm", "group", "layer", "none")
+MODES = ("batch", "moving_average", "renorm", "online", "group", "layer", "none")
 UPDATE_ORDERS = ("before", "after")
 
 
@@ -61,9 +67,37 @@ def values_per_channel(x: Tensor) -> int:
 
 
 def batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and biased variance of ``x``, outside autograd (one fused native pass)."""
+    """Per-channel mean and biased variance of ``x``, outside autograd.
+
+    On CPU with spatial dims, two passes (the mean, then the squared deviations from it, so no
+    ``E[x^2] - E[x]^2`` cancellation): the fused native kernel reduces an NCHW tensor over
+    (N, H, W) several times slower. Elsewhere (``(N, C)`` inputs, CUDA) the fused native kernel
+    is the faster one.
+    """
     with torch.no_grad():
+        if x.dim() > 2 and x.device.type == "cpu":
+            return _two_pass_stats(x)
         return torch.batch_norm_update_stats(x, None, None, 0.0)
+
+
+def _two_pass_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    mean, var, _ = _two_pass_stats_keeping_centered(x)
+    return mean, var
+
+
+def _two_pass_stats_keeping_centered(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean, biased variance and ``x - mean`` (for reuse as an output buffer)."""
+    n, c = x.shape[:2]
+    count = values_per_channel(x)
+    mean = x.sum(dim=reduction_dims(x)).div_(count)
+    centered = x - _channel_view(mean, x)
+    if centered.is_contiguous():
+        # norms of the (sample, channel) rows: no full-size temporary for the squares
+        row_norms = torch.linalg.vector_norm(centered.view(n * c, -1), dim=1)
+        var = row_norms.square_().view(n, c).sum(dim=0)
+    else:
+        var = centered.square().sum(dim=reduction_dims(x))
+    return mean, var.div_(count), centered
 
 
 def unbiased(var: Tensor, n: int) -> Tensor:
@@ -71,7 +105,14 @@ def unbiased(var: Tensor, n: int) -> Tensor:
 
 
 def _channel_view(t: Tensor, x: Tensor) -> Tensor:
-    return t.view(1, -1, *([1] * (x.dim() - 2)))
+    """``t`` (C,) as ``(C, 1, ..., 1)``, to broadcast against ``x`` per channel.
+
+    No leading batch dim, on purpose: with a ``(1, C, 1, ...)`` view and an input with one value
+    per channel, the gradient of a parameter passed through it would be a view of the caller's
+    ``grad_out``, which autograd keeps as ``.grad`` and later accumulates into in place,
+    overwriting the caller's tensor. Broadcasting over N makes that gradient a fresh sum.
+    """
+    return t.view(-1, *([1] * (x.dim() - 2)))
 
 
 class _NormalizeWithBatchStats(torch.autograd.Function):
@@ -85,11 +126,16 @@ class _NormalizeWithBatchStats(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mean, var, eps):
+    def forward(ctx, x, weight, bias, mean, var, eps, centered):
         invstd = torch.rsqrt(var + eps)
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.eps = eps
-        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+        if centered is None:
+            return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+        # x - mean, already computed for the variance, becomes the output: no new buffer
+        ctx.mark_dirty(centered)
+        gain = weight * invstd
+        return centered.mul_(_channel_view(gain, x)).add_(_channel_view(bias, x))
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -106,14 +152,37 @@ class _NormalizeWithBatchStats(torch.autograd.Function):
             ctx.eps,
             list(ctx.needs_input_grad[:3]),
         )
-        return grad_x, grad_w, grad_b, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None
 
 
 def normalize_with_batch_stats(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    eps: float,
+    centered: Tensor | None = None,
+) -> Tensor:
+    """Training-mode batch norm of ``x`` given its own (biased) batch statistics.
+
+    ``centered``, if given, is ``x - mean`` computed outside autograd; it is overwritten with
+    the output (one full-size buffer fewer: on CPU each fresh one costs page faults).
+    """
+    if values_per_channel(x) > 1 and (x.dim() == 2 or x.device.type != "cpu"):
+        # recomputing the statistics is cheap here, and the native op's autograd node is C++
+        # (a Python Function costs tens of microseconds, more than the whole op on (N, C))
+        return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
+    return _NormalizeWithBatchStats.apply(x, weight, bias, mean, var, eps, centered)
+
+
+def normalize_with_constant_stats(
     x: Tensor, weight: Tensor, bias: Tensor, mean: Tensor, var: Tensor, eps: float
 ) -> Tensor:
-    """Training-mode batch norm of ``x`` given its own (biased) batch statistics."""
-    return _NormalizeWithBatchStats.apply(x, weight, bias, mean, var, eps)
+    """Eval-mode batch norm, ``weight * (x - mean) / sqrt(var + eps) + bias`` with ``mean``/``var``
+    constants to autograd. They are copied (two C-sized copies), so callers may update those
+    buffers in place before backward."""
+    return F.batch_norm(x, mean.clone(), var.clone(), weight, bias, False, 0.0, eps)
 
 
 class NormDiagnostics:
@@ -124,11 +193,16 @@ class NormDiagnostics:
     mean and RMS of the layer's input (derived from the batch stats, no extra pass over the
     data) and, for renorm, the fractions of channels whose r or d was clipped. Nothing is copied
     to the host until :meth:`collect`, so recording costs no device sync.
+
+    :meth:`record` only snapshots the raw statistics (one stack); the ratios above are computed
+    for up to :attr:`FOLD_EVERY` steps at once when the window is read or the buffer fills, so
+    that the per-step cost stays one small op instead of a dozen.
     """
 
     CHANNEL_FIELDS = ("mean_shift", "std_ratio")
     SCALAR_FIELDS = ("prenorm_mean", "prenorm_rms")
     CLIP_FIELDS = ("r_clip_frac", "d_clip_frac")
+    FOLD_EVERY = 64
 
     def __init__(self, num_features: int, with_clipping: bool = False) -> None:
         self.num_features = num_features
@@ -139,8 +213,21 @@ class NormDiagnostics:
         self.steps = 0
         self._channel_sums: Tensor | None = None
         self._scalar_sums: Tensor | None = None
-        self.last_mean_shift: Tensor | None = None
-        self.last_std_ratio: Tensor | None = None
+        self._last: Tensor | None = None
+        # per step: (4, C) rows of batch mean, batch variance, reference mean, reference std
+        self._pending: list[Tensor] = []
+        self._pending_clips: list[Tensor] = []
+        self._pending_eps = 0.0
+
+    @property
+    def last_mean_shift(self) -> Tensor | None:
+        self._fold()
+        return None if self._last is None else self._last[0]
+
+    @property
+    def last_std_ratio(self) -> Tensor | None:
+        self._fold()
+        return None if self._last is None else self._last[1]
 
     @torch.no_grad()
     def record(
@@ -152,29 +239,68 @@ class NormDiagnostics:
         eps: float,
         clipped: tuple[Tensor, Tensor] = (),
     ) -> None:
-        mean_shift = (batch_mean - ref_mean).abs_().div_(ref_std)
-        std_ratio = (batch_var + eps).sqrt_().div_(ref_std)
-        rms = (batch_var + batch_mean.square()).mean().sqrt()
-        channels = torch.stack((mean_shift, std_ratio))
-        scalars = torch.stack((batch_mean.mean(), rms, *(c.float().mean() for c in clipped)))
-        if self._channel_sums is None:
-            self._channel_sums, self._scalar_sums = channels, scalars
-        else:
-            self._channel_sums += channels
-            self._scalar_sums += scalars
-        self.last_mean_shift, self.last_std_ratio = mean_shift, std_ratio
+        if self._pending and eps != self._pending_eps:
+            self._fold()
+        # stack copies: later in-place updates of the reference buffers do not reach the record
+        self._pending.append(torch.stack((batch_mean, batch_var, ref_mean, ref_std)))
+        if clipped:
+            self._pending_clips.append(torch.stack(clipped))
+        self._pending_eps = eps
         self.steps += 1
+        if len(self._pending) >= self.FOLD_EVERY:
+            self._fold()
+
+    @torch.no_grad()
+    def _fold(self) -> None:
+        """Turn the pending raw records into per-step diagnostics and add them to the sums."""
+        if not self._pending:
+            return
+        batch_mean, batch_var, ref_mean, ref_std = torch.stack(self._pending).unbind(1)
+        mean_shift = (batch_mean - ref_mean).abs_().div_(ref_std)
+        std_ratio = (batch_var + self._pending_eps).sqrt_().div_(ref_std)
+        channels = torch.stack((mean_shift, std_ratio), dim=1)  # (steps, 2, C)
+        rms = (batch_var + batch_mean.square()).mean(dim=-1).sqrt_()
+        scalars = [batch_mean.mean(dim=-1), rms]
+        if self._pending_clips:
+            clips = torch.stack(self._pending_clips).to(batch_mean.dtype).mean(dim=-1)
+            scalars.extend(clips.unbind(1))
+        channel_sums, scalar_sums = channels.sum(dim=0), torch.stack(scalars, dim=1).sum(dim=0)
+        if self._channel_sums is None:
+            self._channel_sums, self._scalar_sums = channel_sums, scalar_sums
+        else:
+            self._channel_sums += channel_sums
+            self._scalar_sums += scalar_sums
+        self._last = channels[-1]
+        self._pending, self._pending_clips = [], []
+
+    def state_dict(self) -> dict[str, object]:
+        """The open window (step count and sums), for checkpoints; tensors stay on device."""
+        self._fold()
+        return {
+            "steps": self.steps,
+            "channel_sums": self._channel_sums,
+            "scalar_sums": self._scalar_sums,
+            "last": self._last,
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.reset()
+        self.steps = int(state["steps"])
+        self._channel_sums, self._scalar_sums = state["channel_sums"], state["scalar_sums"]
+        self._last = state["last"]
 
     def per_channel(self) -> dict[str, Tensor]:
         """Per-channel means of ``mean_shift`` and ``std_ratio`` since the last reset."""
         if self.steps == 0:
             return {}
+        self._fold()
         return dict(zip(self.CHANNEL_FIELDS, self._channel_sums / self.steps, strict=True))
 
     def collect(self, reset: bool = True) -> dict[str, float]:
         """Means over steps (and channels) since the last collect, in one host sync."""
         if self.steps == 0:
             return {}
+        self._fold()
         channel_means = (self._channel_sums / self.steps).mean(dim=1)
         means = torch.cat((channel_means, self._scalar_sums / self.steps)).tolist()
         out = dict(zip(self.CHANNEL_FIELDS + self.fields, means, strict=True))
@@ -258,12 +384,37 @@ class BatchNorm(_RunningStatsNorm):
 
     Train: normalize with the batch mean and biased variance; gradients flow through them. The
     running buffers follow ``torch.nn.BatchNorm`` (unbiased variance). Eval: running stats.
+
+    ``virtual_batch_size`` (ghost batch norm, Hoffer et al. 2017, arXiv 1705.08741): the batch
+    is split into consecutive sub-batches of that size, each normalized with its own statistics
+    (and gradients through them), so the statistics' batch size is separated from the
+    optimizer's. The running buffers take one EMA step per batch with the sub-batches' average
+    mean and average unbiased variance.
     """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        virtual_batch_size: int | None = None,
+    ) -> None:
+        super().__init__(num_features, eps, momentum)
+        if virtual_batch_size is not None and int(virtual_batch_size) < 1:
+            raise ValueError(f"virtual_batch_size must be >= 1, got {virtual_batch_size}")
+        self.virtual_batch_size = virtual_batch_size
+
+    def extra_repr(self) -> str:
+        ghost = f", virtual_batch_size={self.virtual_batch_size}" if self.virtual_batch_size else ""
+        return super().extra_repr() + ghost
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         if not self.training:
             return self._eval_forward(x)
+        ghost = self.virtual_batch_size
+        if ghost is not None and ghost < x.shape[0]:
+            return self._ghost_forward(x, ghost)
         n = values_per_channel(x)
         if n == 1:
             mean, var = batch_stats(x)
@@ -290,6 +441,26 @@ class BatchNorm(_RunningStatsNorm):
             var = invstd.detach().pow(-2) - self.eps
             self.diagnostics.record(mean.detach(), var, *before, self.eps)
         return y
+
+    def _ghost_forward(self, x: Tensor, size: int) -> Tensor:
+        if x.shape[0] % size:
+            raise ValueError(
+                f"virtual_batch_size={size} must divide the batch size, got {x.shape[0]}"
+            )
+        groups, channels = x.shape[0] // size, self.num_features
+        # (G*v, C, *S) -> (v, G*C, *S): each (sub-batch, channel) pair becomes one channel
+        stacked = x.view(groups, size, *x.shape[1:]).transpose(0, 1)
+        stacked = stacked.reshape(size, groups * channels, *x.shape[2:])
+        mean, var = batch_stats(stacked)
+        n = values_per_channel(stacked)
+        group_mean = mean.view(groups, channels).mean(dim=0)
+        group_var = var.view(groups, channels).mean(dim=0)
+        self._record(group_mean, group_var)
+        self.update_running(group_mean, group_var, n)  # same n per sub-batch: unbiasing commutes
+        y = normalize_with_batch_stats(
+            stacked, self.weight.repeat(groups), self.bias.repeat(groups), mean, var, self.eps
+        )
+        return y.view(size, groups, *x.shape[1:]).transpose(0, 1).reshape(x.shape)
 
 
 class MovingAverageNorm(_RunningStatsNorm):
@@ -338,15 +509,8 @@ class MovingAverageNorm(_RunningStatsNorm):
             return self._forward_through_batch(x, n)
         if self.update == "before":
             self.update_running(mean, var, n)
-        y = F.batch_norm(
-            x,
-            self.running_mean.clone(),
-            self.running_var.clone(),
-            self.weight,
-            self.bias,
-            False,
-            0.0,
-            self.eps,
+        y = normalize_with_constant_stats(
+            x, self.weight, self.bias, self.running_mean, self.running_var, self.eps
         )
         if self.update == "after":
             self.update_running(mean, var, n)
@@ -355,10 +519,11 @@ class MovingAverageNorm(_RunningStatsNorm):
     def _forward_through_batch(self, x: Tensor, n: int) -> Tensor:
         dims = reduction_dims(x)
         m = self.momentum
-        batch_mean = x.mean(dim=dims)
+        # plain sums, differentiable: x.var over (N, H, W) of an NCHW tensor is slow on CPU
+        batch_mean = x.sum(dim=dims) / n
         used_mean = (1 - m) * self.running_mean + m * batch_mean
         if n > 1:
-            batch_var = x.var(dim=dims, correction=1)
+            batch_var = (x - _channel_view(batch_mean, x)).square().sum(dim=dims) / (n - 1)
             used_var = (1 - m) * self.running_var + m * batch_var
         else:
             used_var = self.running_var.clone()
@@ -446,34 +611,374 @@ class BatchRenorm(_RunningStatsNorm):
 
     @torch.no_grad()
     def update_running(self, mean: Tensor, var: Tensor, n: int) -> None:
+        self._update_running_std(mean, (var + self.eps).sqrt())
+
+    def _update_running_std(self, mean: Tensor, batch_std: Tensor) -> None:
         self.running_mean.lerp_(mean, self.momentum)
-        self.running_std.lerp_((var + self.eps).sqrt(), self.momentum)
+        self.running_std.lerp_(batch_std, self.momentum)
         self.num_batches_tracked += 1
 
     def _eval_forward(self, x: Tensor) -> Tensor:
-        # eps is already inside running_std: normalize by it exactly, (x - mu) / sigma
+        # (x - mu) / sigma with eps already inside running_std: the kernel adds eps back to
+        # sigma^2 - eps (torch < 2.13 refuses eps = 0)
+        variance = self.running_std.square().sub_(self.eps)
         return F.batch_norm(
-            x, self.running_mean, self.running_std.square(), self.weight, self.bias, False, 0.0, 0.0
+            x, self.running_mean, variance, self.weight, self.bias, False, 0.0, self.eps
         )
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         if not self.training:
             return self._eval_forward(x)
-        mean, var = batch_stats(x)
         with torch.no_grad():
-            batch_std = (var + self.eps).sqrt()
+            if x.dim() > 2 and x.device.type == "cpu":
+                mean, var, centered = _two_pass_stats_keeping_centered(x)
+            else:
+                (mean, var), centered = batch_stats(x), None
+            batch_std = (var + self.eps).sqrt_()
             r_raw = batch_std / self.running_std
-            d_raw = (mean - self.running_mean) / self.running_std
+            d_raw = (mean - self.running_mean).div_(self.running_std)
             r = r_raw.clamp(1.0 / self.rmax, self.rmax)
             d = d_raw.clamp(-self.dmax, self.dmax)
         if self.track_diagnostics:
             self._record(mean, var, (r != r_raw, d != d_raw))
         y = normalize_with_batch_stats(
-            x, self.weight * r, torch.addcmul(self.bias, self.weight, d), mean, var, self.eps
+            x,
+            self.weight * r,
+            torch.addcmul(self.bias, self.weight, d),
+            mean,
+            var,
+            self.eps,
+            centered,
         )
-        self.update_running(mean, var, values_per_channel(x))
+        with torch.no_grad():
+            self._update_running_std(mean, batch_std)
         return y
+
+
+def _check_open_unit_interval(name: str, value: float) -> float:
+    value = float(value)
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must be in (0, 1) (a decay factor), got {value}")
+    return value
+
+
+def linear_scan(coef: Tensor | float, b: Tensor) -> Tensor:
+    """All ``h_t = coef_t * h_{t-1} + b_t`` along dim 0, starting from ``h_0 = b_0``.
+
+    Put a known initial state in as ``b_0`` (``coef_0`` is never read). ``coef`` is one float for
+    every step, or a tensor shaped like ``b``. A recurrence over N samples costs a few
+    whole-tensor ops instead of N small ones. For a constant ``a``, the closed form
+    ``h_t = a^t * cumsum_k(a^-k * b_k)``, in chunks short enough that ``a^-t`` stays below 2**64;
+    its rounding is that of the sequential recurrence (each term's error scales with its weight
+    ``a^(t-k)``). Otherwise :func:`_varying_scan`.
+    """
+    if isinstance(coef, Tensor):
+        return _varying_scan(coef, b)
+    chunk = _decay_chunk_length(coef)
+    out = []
+    for start in range(0, len(b), chunk):
+        part = b[start : start + chunk]
+        grow, decay = _decay_powers(coef, len(part), b.dtype, b.device)
+        h = torch.cumsum(part * grow, dim=0).mul_(decay)
+        if out:
+            h.addcmul_(decay * coef, out[-1][-1:])
+        out.append(h)
+    return out[0] if len(out) == 1 else torch.cat(out)
+
+
+def _decay_chunk_length(decay: float) -> int:
+    """Steps over which ``decay ** -t`` stays below 2**64 (no overflow, even in float32)."""
+    if decay >= 1.0:
+        return 1 << 62
+    if decay <= 0.0:
+        return 1
+    return max(1, int(64 / math.log2(1 / decay)))
+
+
+@functools.lru_cache(maxsize=32)
+def _decay_powers(decay: float, n: int, dtype: torch.dtype, device: torch.device):
+    """``decay ** -t`` and ``decay ** t`` for t < n, as (n, 1) columns."""
+    t = torch.arange(n, dtype=torch.float64, device=device).unsqueeze(1)
+    return (decay**-t).to(dtype), (decay**t).to(dtype)
+
+
+def _varying_scan(coef: Tensor, b: Tensor) -> Tensor:
+    """Hillis-Steele scan: log2(N) rounds, each combining every step with the one 2**k back;
+    only products of coefficients, nothing divided (they may be 0 or negative).
+
+    The two ping-pong buffers start with ``pad`` rows of identity (h = 0, coef = 1), so a step
+    with nothing 2**k back combines with the identity and every round is one op over all rows.
+    """
+    n = len(b)
+    if n == 1:
+        return b
+    pad = 1 << (n - 1).bit_length() - 1  # the longest reach, 2**k < n
+    h = [b.new_zeros(pad + n, *b.shape[1:]) for _ in range(2)]
+    c = [b.new_ones(pad + n, *b.shape[1:]) for _ in range(2)]
+    h[0][pad:], c[0][pad:] = b, coef
+    step, cur = 1, 0
+    while step < n:
+        back = slice(pad - step, pad - step + n)
+        torch.addcmul(h[cur][pad:], c[cur][pad:], h[cur][back], out=h[1 - cur][pad:])
+        if 2 * step < n:
+            torch.mul(c[cur][pad:], c[cur][back], out=c[1 - cur][pad:])
+        step, cur = 2 * step, 1 - cur
+    return h[cur][pad:]
+
+
+def _with_initial(h0: Tensor, b: Tensor) -> Tensor:
+    return torch.cat((h0.unsqueeze(0), b))
+
+
+def _per_sample_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Mean and biased variance over ``L`` of each sample and channel of a contiguous
+    ``(N, C, L)``, and the centered ``x`` (for reuse as an output buffer; None if ``L == 1``)."""
+    n, c, length = x.shape
+    if length == 1:
+        mean = x[:, :, 0]
+        return mean, torch.zeros_like(mean), None
+    mean = x.sum(dim=2).div_(length)
+    centered = x - mean.unsqueeze(2)
+    row_norms = torch.linalg.vector_norm(centered.view(n * c, length), dim=1)
+    return mean, row_norms.square_().view(n, c).div_(length), centered
+
+
+class _OnlineNormalize(torch.autograd.Function):
+    """``weight * y_t + bias`` with ``y_t = (x_t - mu_{t-1}) / s_{t-1}``, per sample, and the
+    control-process backward.
+
+    Forward: the streaming statistics come in precomputed per sample and channel, and the
+    output is written in place into ``x - mu(x_t)`` (already computed for the sample variances),
+    so no new full-size buffer. Backward: Online Normalization's gradient (Chiley et al. 2019;
+    reference ``norm_bwd``) applied to ``g_t``, the gradient with respect to ``y_t``
+    (``weight * grad_out``: the affine comes after the normalization, as in the reference),
+    sample by sample, ``<.>`` the mean over one sample's values of one channel,
+    ``k = 1 - alpha_bkw``::
+
+        g~_t = g_t - k * v_{t-1} * y_t          v_t = v_{t-1} + <g~_t * y_t>
+        dx_t = g~_t / s_{t-1} - k * u_{t-1}     u_t = u_{t-1} + <dx_t>
+
+    ``v`` and ``u`` (the paper's eps^(y) and eps^(1)) carry over between batches in
+    ``ctrl_proj``/``ctrl_mean``, updated in place. With ``A_t = <g_t y_t>``, ``Q_t = <y_t^2>``,
+    ``G_t = <g_t>``, ``Y_t = <y_t>`` the two recursions are linear in (v, u):
+    ``v_t = (1 - k Q_t) v_{t-1} + A_t`` and ``u_t = alpha_bkw u_{t-1} + (G_t - k v_{t-1} Y_t)/s``,
+    so they run as scans over (N, C) and only whole-batch passes touch (N, C, L).
+
+    Viewed as ``(1, N * C, L)``, every sample-channel pair is a channel of its own, so native
+    batch-norm kernels do the per-sample work: the training backward's weight/bias gradients give
+    ``sum grad_out * y`` and ``sum grad_out`` in one pass over ``x``, and ``dx`` is one eval-mode
+    pass plus a multiply-add. The affine is applied after the normalization, as in the reference
+    (weight and bias get their plain gradients, the control process sees ``weight * grad_out``),
+    but inside this Function: computed outside, it would add three full-size tensors per step
+    (output, ``grad_out * weight``, ``grad_out * y``), and on CPU each fresh one costs page
+    faults. ``x`` is saved, not ``y``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean_used, var_used, y_stats, ctrl, alpha_bkw, eps, centered):
+        ctx.save_for_backward(x, weight, mean_used, var_used, *y_stats)
+        ctx.ctrl, ctx.alpha_bkw, ctx.eps = ctrl, alpha_bkw, eps
+        if centered is None:
+            return _per_sample_affine(x, mean_used, var_used, weight, bias, eps)
+        # x - mu(x_t), already computed for the sample variances, becomes the output:
+        # weight * y + bias = centered * weight / s + (weight * <y> + bias)
+        ctx.mark_dirty(centered)
+        gain = torch.rsqrt(var_used + eps).mul_(weight)
+        shift = torch.addcmul(bias, y_stats[0], weight)
+        return centered.mul_(gain.unsqueeze(2)).add_(shift.unsqueeze(2))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, weight, mean_used, var_used, y_mean, y_sq_mean = ctx.saved_tensors
+        (ctrl_mean, ctrl_proj), alpha_bkw, eps = ctx.ctrl, ctx.alpha_bkw, ctx.eps
+        k = 1.0 - alpha_bkw
+        inv_std = torch.rsqrt(var_used + eps)
+        grad_out = grad_out.contiguous()
+        sum_gy, sum_g = _per_sample_sums(grad_out, x, mean_used, inv_std)
+        scale = weight / x.shape[2]  # turns sums of grad_out into means of g = weight * grad_out
+        # v_{t-1} and u_{t-1} for every sample t, then the state after the batch
+        v = linear_scan(
+            _with_initial(torch.ones_like(ctrl_proj), 1.0 - k * y_sq_mean),
+            _with_initial(ctrl_proj, sum_gy * scale),
+        )
+        v_used = v[:-1]
+        u = linear_scan(
+            alpha_bkw,
+            _with_initial(ctrl_mean, (sum_g * scale - k * v_used * y_mean).mul_(inv_std)),
+        )
+        ctrl_proj.copy_(v[-1])
+        ctrl_mean.copy_(u[-1])
+        # dx = (weight * grad_out - k v y) / s - k u; the y and constant terms in one pass
+        grad_x = _per_sample_affine(x, mean_used, var_used, -k * v_used * inv_std, -k * u[:-1], eps)
+        grad_x.addcmul_(grad_out, (weight * inv_std).unsqueeze(2))
+        grad_weight = sum_gy.sum(dim=0) if ctx.needs_input_grad[1] else None
+        grad_bias = sum_g.sum(dim=0) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias, None, None, None, None, None, None, None
+
+
+def _per_sample_affine(
+    x: Tensor, mean: Tensor, var: Tensor, weight: Tensor, bias: Tensor, eps: float
+) -> Tensor:
+    """``weight * (x - mean) / sqrt(var + eps) + bias`` on ``(N, C, L)``, with ``mean``/``var``
+    per sample and channel ``(N, C)`` and ``weight``/``bias`` broadcastable to ``(N, C)``."""
+    n, c, length = x.shape
+    if length == 1:
+        scale = torch.rsqrt(var + eps).mul_(weight)
+        return torch.addcmul(bias, x[:, :, 0] - mean, scale).unsqueeze(2)
+    return F.batch_norm(
+        x.reshape(1, n * c, length),
+        mean.reshape(-1),
+        var.reshape(-1),
+        weight.expand(n, c).reshape(-1),
+        bias.expand(n, c).reshape(-1),
+        False,
+        0.0,
+        eps,
+    ).view(n, c, length)
+
+
+def _per_sample_sums(
+    grad_out: Tensor, x: Tensor, mean: Tensor, inv_std: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``sum_l grad_out * y`` and ``sum_l grad_out`` per sample and channel, with
+    ``y = (x - mean) * inv_std``; one fused pass (the weight/bias gradients of a training-mode
+    batch-norm backward on the ``(1, N * C, L)`` view)."""
+    n, c, length = x.shape
+    if length == 1:
+        grad_out = grad_out[:, :, 0]
+        return grad_out * (x[:, :, 0] - mean).mul_(inv_std), grad_out
+    ones = torch.ones_like(inv_std).view(-1)  # the CUDA kernel wants a weight
+    _, sum_gy, sum_g = torch.ops.aten.native_batch_norm_backward(
+        grad_out.view(1, n * c, length),
+        x.reshape(1, n * c, length),
+        ones,
+        None,
+        None,
+        mean.reshape(-1),
+        inv_std.reshape(-1),
+        True,
+        0.0,
+        [False, True, True],
+    )
+    return sum_gy.view(n, c), sum_g.view(n, c)
+
+
+class OnlineNorm(_RunningStatsNorm):
+    """Online Normalization (Chiley et al., NeurIPS 2019, arXiv 1905.05894), without its
+    optional error-compensation layer (activation clamping / layer scaling).
+
+    Samples are processed one after another, in batch order, as if they arrived one at a time;
+    per channel, ``mu(x_t)``/``var(x_t)`` are sample ``t``'s mean and biased variance over its
+    spatial values, ``s_t = sqrt(var_t + eps)``, ``a = alpha_fwd``::
+
+        y_t    = (x_t - mu_{t-1}) / s_{t-1}
+        mu_t   = a mu_{t-1} + (1 - a) mu(x_t)
+        var_t  = a var_{t-1} + (1 - a) var(x_t) + a (1 - a) (mu(x_t) - mu_{t-1})^2
+
+    (the paper's forward equations, §2, and its reference ``Norm2d``/``norm_fwd``). The
+    statistics are constants to autograd; the gradient instead goes through the paper's control
+    process (see :class:`_OnlineNormalize`), with decay ``alpha_bkw``. The output is
+    ``weight * y + bias``: as in the reference implementation the affine comes after the
+    normalization, so the control process acts on the gradient with respect to ``y``.
+    ``alpha_fwd``/``alpha_bkw`` must lie in (0, 1); defaults are the paper's.
+
+    Batch-size invariant: N batches of one sample give the same outputs, input gradients and
+    buffers as one batch of N (forward and backward called once per batch, in order).
+    ``(N, C)`` inputs have one value per sample and feature, so ``mu(x_t) = x_t``,
+    ``var(x_t) = 0``: each feature is normalized over the time (sample) axis only, the paper's
+    fully connected case and what the reference's 1d kernel computes.
+
+    Buffers: ``running_mean``/``running_var`` are mu, var (the paper initializes them at 0 and 1,
+    as here), used unchanged in eval; ``ctrl_mean``/``ctrl_proj`` are the backward control
+    variables (``u``/``v`` in the reference). ``momentum``: the statistics decay *per sample*
+    with ``alpha_fwd``, a different unit from the per-batch momentum of the other layers, so a
+    trainer's momentum schedule does not touch them, with one exception: ``momentum = 0`` means
+    "absorb nothing" here too and freezes mu and var (what precise-BN recalibration relies on).
+    Diagnostics record the whole batch's mean and variance against mu, var before the batch.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        alpha_fwd: float = 0.999,
+        alpha_bkw: float = 0.99,
+    ) -> None:
+        super().__init__(num_features, eps)
+        self.alpha_fwd = alpha_fwd
+        self.alpha_bkw = alpha_bkw
+        self.register_buffer("ctrl_mean", torch.zeros(num_features))
+        self.register_buffer("ctrl_proj", torch.zeros(num_features))
+
+    @property
+    def alpha_fwd(self) -> float:
+        return self._alpha_fwd
+
+    @alpha_fwd.setter
+    def alpha_fwd(self, value: float) -> None:
+        self._alpha_fwd = _check_open_unit_interval("alpha_fwd", value)
+
+    @property
+    def alpha_bkw(self) -> float:
+        return self._alpha_bkw
+
+    @alpha_bkw.setter
+    def alpha_bkw(self, value: float) -> None:
+        self._alpha_bkw = _check_open_unit_interval("alpha_bkw", value)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, alpha_fwd={self.alpha_fwd}, "
+            f"alpha_bkw={self.alpha_bkw}"
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        if not self.training:
+            return self._eval_forward(x)
+        samples = x.reshape(x.shape[0], x.shape[1], -1).contiguous()
+        with torch.no_grad():
+            sample_mean, sample_var, centered = _per_sample_moments(samples)
+            mean_used, var_used, y_stats = self._streaming_stats(sample_mean, sample_var)
+        out = _OnlineNormalize.apply(
+            samples,
+            self.weight,
+            self.bias,
+            mean_used,
+            var_used,
+            y_stats,
+            (self.ctrl_mean, self.ctrl_proj),
+            self.alpha_bkw,
+            self.eps,
+            centered,
+        )
+        return out.view(x.shape)
+
+    def _streaming_stats(
+        self, sample_mean: Tensor, sample_var: Tensor
+    ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
+        """Per sample (N, C): the mean and variance used, and the mean and mean square of y.
+        Updates the running buffers to the state after the last sample."""
+        a = 1.0 if self.momentum == 0 else self.alpha_fwd
+        means = linear_scan(a, _with_initial(self.running_mean, (1 - a) * sample_mean))
+        mean_used = means[:-1]
+        shift = sample_mean - mean_used
+        var_increments = (1 - a) * sample_var + (a * (1 - a)) * shift.square()
+        variances = linear_scan(a, _with_initial(self.running_var, var_increments))
+        var_used = variances[:-1]
+        inv_var = torch.reciprocal(var_used + self.eps)
+        y_mean = shift * inv_var.sqrt()
+        y_sq_mean = (sample_var + shift.square()).mul_(inv_var)
+        if self.track_diagnostics:
+            batch_mean = sample_mean.mean(dim=0)
+            batch_var = sample_var.mean(dim=0) + (sample_mean - batch_mean).square().mean(dim=0)
+            self._record(batch_mean, batch_var)
+        self.running_mean.copy_(means[-1])
+        self.running_var.copy_(variances[-1])
+        self.num_batches_tracked += 1
+        return mean_used, var_used, (y_mean, y_sq_mean)
 
 
 class _BatchIndependentNorm(nn.Module):
@@ -506,14 +1011,26 @@ class Identity(nn.Identity, _BatchIndependentNorm):
 
 
 _BUILDERS: dict[str, tuple[Callable[..., nn.Module], tuple[str, ...]]] = {
-    "batch": (BatchNorm, ("eps", "momentum")),
+    "batch": (BatchNorm, ("eps", "momentum", "virtual_batch_size")),
     "moving_average": (MovingAverageNorm, ("eps", "momentum", "update", "grad_through_batch")),
     "renorm": (BatchRenorm, ("eps", "momentum", "rmax", "dmax")),
+    "online": (OnlineNorm, ("eps", "alpha_fwd", "alpha_bkw")),
     "group": (GroupNorm, ("eps", "groups")),
     "layer": (LayerNorm, ("eps",)),
     "none": (Identity, ()),
 }
-OPTIONS = ("eps", "momentum", "rmax", "dmax", "update", "grad_through_batch", "groups")
+OPTIONS = (
+    "eps",
+    "momentum",
+    "rmax",
+    "dmax",
+    "update",
+    "grad_through_batch",
+    "groups",
+    "alpha_fwd",
+    "alpha_bkw",
+    "virtual_batch_size",
+)
 
 
 def build_norm(mode: str, num_features: int, **options: object) -> nn.Module:
@@ -548,6 +1065,12 @@ def _validate_options(options: dict[str, object]) -> None:
         raise ValueError(f"update must be one of {UPDATE_ORDERS}, got {options['update']!r}")
     if options.get("groups") is not None and not int(options["groups"]) >= 1:
         raise ValueError(f"groups must be >= 1, got {options['groups']!r}")
+    for key in ("alpha_fwd", "alpha_bkw"):
+        if options.get(key) is not None:
+            _check_open_unit_interval(key, options[key])
+    size = options.get("virtual_batch_size")
+    if size is not None and not int(size) >= 1:
+        raise ValueError(f"virtual_batch_size must be >= 1, got {size!r}")
 
 
 def norm_layers(model: nn.Module) -> dict[str, _RunningStatsNorm]:

@@ -21,7 +21,6 @@ from normlab.files import RunLock
 from normlab.loggers import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
 FINAL_STATUSES = ("completed", "diverged", "interrupted", "failed")
-RECORD_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE)
 
 
 def find_runs(*roots: str | Path) -> list[Path]:
@@ -31,7 +30,7 @@ def find_runs(*roots: str | Path) -> list[Path]:
         if not root.exists():
             warnings.warn(f"results path {root} does not exist", stacklevel=2)
             continue
-        for name in RECORD_FILES:
+        for name in (METRICS_FILE, SUMMARY_FILE):  # a config.yaml alone may be Hydra's own
             found.update(p.parent for p in root.rglob(name) if "wandb" not in p.parts)
     return sorted(found)
 

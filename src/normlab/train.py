@@ -33,7 +33,7 @@ from normlab.data import DataError, Dataset, load_dataset
 from normlab.files import RunLock
 from normlab.loggers import RunRecord, read_summary
 from normlab.models import build_model
-from normlab.norm import OPTIONS, build_norm
+from normlab.norm import build_norm
 from normlab.trainer import Trainer, total_steps
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -83,6 +83,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
         config = validate(cfg, total_steps(config, len(data.y_train)))
         _check_batch_fits(config, data)
+        _set_threads(config.threads)
+        seed_everything(config.seed, config.deterministic and device.type == "cuda")
+        model = _build_checked_model(config, data).to(device)
     except (ConfigError, DataError) as error:
         raise InputError(str(error)) from None
     run_dir = Path(config.paths.runs) / config.sweep / run_id(config)
@@ -91,13 +94,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print(f"normlab-train: {run_dir} is being run by {lock.holder()}; skipped", file=sys.stderr)
         return {"status": "skipped", "run_dir": str(run_dir)}
     try:
-        return _run_locked(cfg, config, data, device, run_dir)
+        return _run_locked(cfg, config, data, model, run_dir)
     finally:
         lock.release()
 
 
 def _run_locked(
-    cfg: DictConfig, config: RunConfig, data: Dataset, device: torch.device, run_dir: Path
+    cfg: DictConfig, config: RunConfig, data: Dataset, model: torch.nn.Module, run_dir: Path
 ) -> dict[str, Any]:
     previous = read_summary(run_dir)
     if previous and previous.get("status") in FINISHED and not config.overwrite:
@@ -107,9 +110,7 @@ def _run_locked(
     resuming = config.resume and not config.overwrite and checkpoint.exists()
     if not resuming and run_dir.exists():
         _clear_record(run_dir)
-    _set_threads(config.threads)
-    seed_everything(config.seed, config.deterministic and device.type == "cuda")
-    model = build_run_model(config, data).to(device)
+    device = data.x_train.device
     record = RunRecord(run_dir)
     trainer = Trainer(config, data, model, record, device, checkpoint)
     resumed_step = trainer.resume_from(checkpoint) if resuming else None
@@ -119,6 +120,9 @@ def _run_locked(
     record.write_summary({**identity, "status": "running"})
     try:
         summary = {**identity, **trainer.fit()}
+    except SystemExit:  # submitit requeues a preempted job by exiting from its signal handler
+        record.finish({**identity, **trainer.summary(), "status": "interrupted"})
+        raise
     except BaseException as error:
         summary = {
             **identity,
@@ -130,8 +134,11 @@ def _run_locked(
         raise
     summary["finished_at"] = _now()
     record.finish(summary)
-    if summary["status"] in FINISHED and not config.checkpoint.keep_final:
-        checkpoint.unlink(missing_ok=True)
+    if summary["status"] in FINISHED:
+        if config.checkpoint.keep_final:
+            trainer.save_checkpoint()
+        else:
+            checkpoint.unlink(missing_ok=True)
     if summary["status"] == "interrupted" and trainer.stop_signal == "SIGINT":
         raise KeyboardInterrupt
     return summary
@@ -142,6 +149,15 @@ def _check_batch_fits(config: RunConfig, data: Dataset) -> None:
         raise ConfigError(
             "batch_size", config.batch_size, f"at most the {len(data.y_train)} training examples"
         )
+
+
+def _build_checked_model(config: RunConfig, data: Dataset) -> torch.nn.Module:
+    try:
+        return build_run_model(config, data)
+    except ValueError as error:
+        raise ConfigError(
+            "model", f"{config.model.name} on {config.data.name} {data.input_shape}", str(error)
+        ) from None
 
 
 def build_run_model(config: RunConfig, data: Dataset) -> torch.nn.Module:
@@ -158,7 +174,6 @@ def build_run_model(config: RunConfig, data: Dataset) -> torch.nn.Module:
         "alpha_fwd": norm.alpha_fwd,
         "alpha_bkw": norm.alpha_bkw,
     }
-    options = {k: v for k, v in options.items() if k in OPTIONS}
     return build_model(
         config.model.name,
         data.input_shape,

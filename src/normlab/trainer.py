@@ -245,20 +245,13 @@ class Trainer:
         """Train to the end, a divergence or a stop signal; return the summary's numbers."""
         self.progress = Progress(self.total, self.run.progress)
         started = time.perf_counter()
-        with _graceful_stop(self):
+        with _SignalGuard(self) as signals:
             if self.step == 0 and self.record.metrics.rows_written == 0:
                 self._log_row()
+                signals.dispatch()
             while self.step < self.total and self.divergence is None and not self.stop_signal:
-                self._train_step()
-                if self._due(self.run.divergence.check_every):
-                    self._check_divergence()
-                if self.divergence is None and (
-                    self._due(self.eval_every) or self.step == self.total
-                ):
-                    self._check_divergence()
-                    if self.divergence is None:
-                        self._log_row()
-                        self._maybe_checkpoint()
+                self._iteration()
+                signals.dispatch()
             if self.divergence is not None:
                 self._log_row()
             elif self.stop_signal:
@@ -266,6 +259,17 @@ class Trainer:
         self.progress.close()
         self.wall_seconds = time.perf_counter() - started
         return self.summary()
+
+    def _iteration(self) -> None:
+        """One step and whatever falls due after it; signals wait until it is over."""
+        self._train_step()
+        if self._due(self.run.divergence.check_every):
+            self._check_divergence()
+        if self.divergence is None and (self._due(self.eval_every) or self.step == self.total):
+            self._check_divergence()
+            if self.divergence is None:
+                self._log_row()
+                self._maybe_checkpoint()
 
     def _due(self, every: int) -> bool:
         return self.step % every == 0
@@ -512,24 +516,63 @@ class _preserved_norm_state:
         self.model.train(self.was_training)
 
 
-class _graceful_stop:
-    """SIGTERM/SIGINT end the loop after the current step instead of killing the process."""
+class _SignalGuard:
+    """Signals act only between two iterations, where the trainer's state is consistent.
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    Python runs a signal handler between any two bytecodes of the main thread, in the middle of
+    an optimizer step as readily as anywhere, so the handlers here only record the signal; the
+    loop calls :meth:`dispatch` between iterations. SIGTERM and SIGINT then end the run
+    gracefully (checkpoint, status ``interrupted``). SIGUSR2 is submitit's preemption/time-out
+    signal: the handler installed before (submitit's: it calls the launcher's checkpoint hook,
+    then requeues and exits) runs at the boundary; with none installed, it stops the run like
+    SIGTERM.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
         self.previous: dict[int, Callable | int | None] = {}
+        self.pending: list[int] = []
 
-    def __enter__(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in self.SIGNALS:
-            self.previous[sig] = signal.signal(sig, self._handle)
+    def __enter__(self) -> _SignalGuard:
+        global _ACTIVE_TRAINER
+        _ACTIVE_TRAINER = self.trainer
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._record)
+        return self
 
-    def _handle(self, signum: int, frame: object) -> None:
-        self.trainer.stop_signal = signal.Signals(signum).name
+    def _record(self, signum: int, frame: object) -> None:
+        self.pending.append(signum)
+
+    def dispatch(self) -> None:
+        while self.pending:
+            signum = self.pending.pop(0)
+            previous = self.previous.get(signum)
+            if signum == signal.SIGUSR2 and callable(previous):
+                previous(signum, None)
+            else:
+                self.trainer.stop_signal = signal.Signals(signum).name
 
     def __exit__(self, *exc: object) -> None:
+        global _ACTIVE_TRAINER
+        _ACTIVE_TRAINER = None
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+_ACTIVE_TRAINER: Trainer | None = None
+
+
+def checkpoint_active_trainer() -> bool:
+    """Save a checkpoint of the run training in this process, if any (preemption hook).
+
+    Signals are dispatched between iterations (:class:`_SignalGuard`), so when this runs from
+    submitit's handler the trainer is between two steps and its state is consistent.
+    """
+    if _ACTIVE_TRAINER is None:
+        return False
+    _ACTIVE_TRAINER.stop_signal = "preempted"
+    _ACTIVE_TRAINER.save_checkpoint()
+    return True

@@ -1,0 +1,2 @@
+"""normlab's submitit launchers. Hydra loads launcher plugins only from the `hydra_plugins`
+namespace package, so they live here rather than in `normlab`."""

@@ -1,0 +1,235 @@
+"""Sweeps through Hydra's launchers on tiny grids, presets, and wandb offline runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import FAST
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from normlab.config import validate
+from normlab.train import CONF_DIR
+
+TINY = ("steps=6", "eval_every=3", "eval.train_subset=64", "data.val_size=64")
+PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+def summaries(results: Path, sweep: str) -> list[dict]:
+    paths = sorted((results / "runs" / sweep).glob("*/summary.json"))
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def test_basic_launcher_sweep_records_every_run_and_refills_only_missing(cli, tmp_path):
+    grid = ("-m", "norm=batch,renorm", "batch_size=2,4", "seed=0,1", "sweep=grid", *TINY)
+    first = cli(*grid)
+    assert first.code == 0, first.err
+    runs = summaries(first.results, "grid")
+    assert len(runs) == 8 and {r["status"] for r in runs} == {"completed"}
+    assert {(r["norm"], r["batch_size"], r["seed"]) for r in runs} == {
+        (n, b, s) for n in ("batch", "renorm") for b in (2, 4) for s in (0, 1)
+    }
+    assert {r["sweep"] for r in runs} == {"grid"}
+    victim = Path(runs[0]["run_dir"])
+    (victim / "summary.json").unlink()  # as if killed before finishing
+    again = cli(*grid)
+    assert again.err.count("already completed; skipped") == 7
+    assert len(summaries(again.results, "grid")) == 8
+
+
+@pytest.mark.slow
+def test_joblib_launcher_two_jobs_never_share_a_run_directory(tmp_path):
+    results = tmp_path / "results"
+    command = [
+        sys.executable,
+        "-m",
+        "normlab.train",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"paths.results={results}",
+        "sweep=parallel",
+        *FAST,
+        "norm=batch,moving_average",
+        "seed=0,0,1",
+        *TINY,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = summaries(results, "parallel")
+    assert len(runs) == 4, "the duplicate seed=0 jobs map to one run id and one directory"
+    for run in runs:
+        metrics = pd.read_csv(Path(run["run_dir"]) / "metrics.csv")
+        assert metrics["step"].tolist() == [0, 3, 6], "no interleaved writes from two jobs"
+        assert run["threads"] == 1, "two jobs on two cores: one torch thread each"
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_a_sweep(tmp_path):
+    results = tmp_path / "results"
+    command = [
+        sys.executable,
+        "-m",
+        "normlab.train",
+        "-m",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=5",
+        f"paths.results={results}",
+        "sweep=local",
+        *FAST,
+        "norm=batch,renorm",
+        *TINY,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = summaries(results, "local")
+    assert [r["status"] for r in runs] == ["completed", "completed"]
+    assert list((results / "logs" / "local").glob("multirun_*/.submitit"))
+
+
+@pytest.mark.slow
+def test_preempted_submitit_job_checkpoints_requeues_and_resumes(tmp_path):
+    args = ("norm=renorm", "batch_size=8", "steps=1500", "eval_every=50", "threads=1")
+    reference = tmp_path / "reference"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "normlab.train",
+            f"paths.results={reference}",
+            "sweep=preempt",
+            *FAST,
+            "progress=off",
+            *args,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    results = tmp_path / "results"
+    command = [
+        sys.executable,
+        "-m",
+        "normlab.train",
+        "-m",
+        "hydra/launcher=submitit_requeue",
+        "hydra.launcher.timeout_min=10",
+        f"paths.results={results}",
+        "sweep=preempt",
+        *FAST,
+        *args,
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lock, metrics = _wait_for_run(results / "runs" / "preempt", process, rows=5)
+    _host, pid, _ = lock.read_text().split()
+    os.kill(int(pid), signal.SIGUSR2)  # submitit's preemption / time-out signal
+    _out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-3000:]
+    (run,) = summaries(results, "preempt")
+    assert run["status"] == "completed"
+    assert run["resumed_from_step"] is not None and run["resumed_from_step"] > 0
+    assert run["pid"] != int(pid), "the requeued job is a new process"
+    (expected,) = (reference / "runs" / "preempt").glob("*/metrics.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(metrics), pd.read_csv(expected))
+
+
+def _wait_for_run(sweep_dir: Path, process: subprocess.Popen, rows: int):
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        for metrics in sweep_dir.glob("*/metrics.csv"):
+            lock = metrics.parent / ".lock"
+            if lock.exists() and len(metrics.read_text().splitlines()) > rows:
+                return lock, metrics
+        time.sleep(0.05)
+    raise AssertionError("the job never logged")
+
+
+# ------------------------------------------------------------------------ presets
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_composes_validates_and_defines_its_grid(preset):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"+experiment={preset}"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params, f"{preset} names its sweep grid"
+    assert cfg.sweep == preset
+    for key, values in params.items():
+        first = str(values).split(",")[0]
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            point = compose("config", overrides=[f"+experiment={preset}", f"{key}={first}"])
+        validate(point, total_steps=1000)
+    GlobalHydra.instance().clear()
+
+
+def test_seed_question_grid_covers_modes_batch_sizes_and_seeds():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["+experiment=seed_question"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert set(params["norm"].split(",")) >= {"batch", "moving_average", "renorm"}
+    assert params["batch_size"].split(",") == ["1", "2", "4", "8", "16", "32", "128"]
+    assert params["seed"].split(",") == ["0", "1", "2"]
+    assert cfg.data.name == "mnist1d"
+
+
+# ------------------------------------------------------------------------ wandb
+
+
+def _wandb_records(run_dir: Path) -> list[dict]:
+    wandb = Path(sys.executable).parent / "wandb"
+    out = subprocess.run(
+        [str(wandb), "leet", "inspect", "--json", str(run_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def _wandb_processes() -> int:
+    out = subprocess.run(["pgrep", "-x", "wandb-core"], capture_output=True, text=True)
+    return len(out.stdout.split())
+
+
+@pytest.mark.slow
+def test_wandb_offline_runs_carry_group_tags_config_and_history(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    before = _wandb_processes()
+    result = cli("-m", "logger=wandb", "norm=batch,renorm", "batch_size=4", "sweep=dash", *TINY)
+    assert result.code == 0, result.err
+    offline = sorted((result.results / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2
+    seen = {}
+    for run_dir in offline:
+        records = _wandb_records(run_dir)
+        run = next(r["run"] for r in records if r["type"] == "run")
+        history = [r["history"]["item"] for r in records if r["type"] == "history"]
+        steps = [h["step"] for h in history if "val_acc_eval" in h]
+        assert run["run_group"] == "dash"
+        assert run["display_name"] in ("batch-bs4-s0", "renorm-bs4-s0")
+        assert {"bs4", "momentum:constant"} <= set(run["tags"])
+        assert run["job_type"] == run["display_name"].split("-")[0]
+        config = run["config"]["update"]
+        assert config["batch_size"] == 4 and config["norm"]["mode"] == run["job_type"]
+        assert steps == [0, 3, 6]
+        seen[run["display_name"]] = history
+    local = summaries(result.results, "dash")
+    for summary in local:
+        name = f"{summary['norm']}-bs4-s0"
+        metrics = pd.read_csv(Path(summary["run_dir"]) / "metrics.csv")
+        logged = [h["val_acc_eval"] for h in seen[name] if "val_acc_eval" in h]
+        assert logged == pytest.approx(metrics["val_acc_eval"].tolist())
+    assert _wandb_processes() <= before, "wandb-core exits with each run"
