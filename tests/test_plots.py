@@ -46,6 +46,43 @@ NON_IID_RUNS = [
     ("batch", 4, 0, "constant", "completed", 0.30, 0.20, 0.50, {"sampler": "non_iid"}),
     ("batch", 4, 1, "constant", "completed", 0.36, 0.22, 0.70, {"sampler": "non_iid"}),
 ]
+# extra "precise": the run set eval.precise_bn and logs val_acc_precise = val_acc_eval + this at
+# every evaluation; "precise_bn" alone: it asked, but a mode without norm layers logs nothing.
+PRECISE_RUNS = [
+    ("batch", 4, 0, "constant", "completed", 0.60, 0.10, 0.20, {"precise": 0.05}),
+    ("batch", 4, 1, "constant", "completed", 0.62, 0.12, 0.30, {"precise": 0.02}),
+    ("batch", 4, 2, "constant", "diverged", 0.10, 0.00, 0.00, {"precise": 0.00}),
+    ("batch", 32, 0, "constant", "completed", 0.80, 0.02, 0.05, {"precise": 0.01}),
+    ("batch", 32, 1, "constant", "completed", 0.84, 0.04, 0.07, {"precise": -0.01}),
+    ("renorm", 4, 0, "constant", "completed", 0.64, 0.05, 0.10, {"precise": 0.02}),
+    ("renorm", 4, 1, "constant", "completed", 0.66, 0.03, 0.12, {"precise": 0.04}),
+    ("none", 4, 0, "constant", "completed", 0.30, 0.00, 0.00, {"precise_bn": True}),
+    ("batch", 64, 0, "constant", "completed", 0.85, 0.01, 0.02, {}),
+]
+GHOST_RUNS = [
+    ("batch", 32, 0, "constant", "completed", 0.70, 0.10, 0.20, {"virtual_batch_size": 4}),
+    ("batch", 32, 1, "constant", "completed", 0.74, 0.08, 0.20, {"virtual_batch_size": 4}),
+    ("batch", 32, 0, "constant", "completed", 0.76, 0.04, 0.10, {"virtual_batch_size": 8}),
+    ("batch", 32, 1, "constant", "completed", 0.79, 0.05, 0.10, {"virtual_batch_size": 8}),
+    ("batch", 32, 2, "constant", "diverged", 0.10, 0.00, 0.00, {"virtual_batch_size": 8}),
+    ("batch", 32, 0, "constant", "completed", 0.80, 0.02, 0.05, {}),
+    ("batch", 32, 1, "constant", "completed", 0.84, 0.04, 0.07, {}),
+    ("batch", 64, 0, "constant", "completed", 0.72, 0.08, 0.20, {"virtual_batch_size": 8}),
+    ("batch", 64, 1, "constant", "completed", 0.75, 0.07, 0.20, {"virtual_batch_size": 8}),
+    (
+        "batch",
+        32,
+        0,
+        "constant",
+        "completed",
+        0.60,
+        0.20,
+        0.30,
+        {"virtual_batch_size": 8, "lr": 0.05},
+    ),
+    ("batch", 16, 0, "constant", "completed", 0.78, 0.03, 0.05, {}),  # no ghost run at 16
+    ("renorm", 32, 0, "constant", "completed", 0.81, 0.01, 0.03, {}),  # not batch norm
+]
 FIGURES = (
     "accuracy_vs_step",
     "accuracy_vs_batch_size",
@@ -54,6 +91,7 @@ FIGURES = (
     "divergence_traces",
     "decay_schedules",
     "renorm_internals",
+    "ghost_batch",
 )
 
 
@@ -93,7 +131,18 @@ def config(mode, batch_size, seed, kind, extra):
             "drop_last": True,
         },
         "model": {"name": "mlp", "depth": 3, "width": 64, "bias_before_norm": False},
-        "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "milestones": [0.5, 0.75]},
+        "optim": {
+            "name": "sgd",
+            "lr": extra.get("lr", 0.1),
+            "momentum": 0.9,
+            "milestones": [0.5, 0.75],
+        },
+        "eval": {
+            "train_subset": 1000,
+            "eval_batch_size": 1000,
+            "precise_bn": "precise" in extra or extra.get("precise_bn", False),
+            "precise_batches": 50,
+        },
         "paths": {"results": "/somewhere/else", "runs": "/somewhere/else/runs"},
         "batch_size": batch_size,
         "seed": seed,
@@ -104,11 +153,13 @@ def config(mode, batch_size, seed, kind, extra):
     }
 
 
-def metric_rows(mode, seed, status, acc, gap, kl):
+def metric_rows(mode, seed, status, acc, gap, kl, precise=None):
     """The rows the trainer would log: accuracy 0.1 at step 0, ``acc - 0.1`` at 10, ``acc``
     at 20; mean_shift ``0.3 + 0.1 seed`` at 10 and ``0.2 + 0.1 seed`` at 20; std_ratio
     ``1 + 0.05 seed``; renorm: r_clip_frac ``0.5 + 0.1 seed`` at 10, ``0.2 + 0.1 seed`` at 20,
-    d_clip_frac half of it. A diverged run logs steps 0, 10 and its divergence row at 15."""
+    d_clip_frac half of it; with ``precise``: val_acc_precise ``val_acc_eval + precise`` and
+    precise_seconds ``0.01 (1 + step / 10) + 0.001 seed`` (0.01, 0.02, 0.03 at steps 0, 10,
+    20). A diverged run logs steps 0, 10 and its divergence row at 15."""
     steps = (
         (0, 10, 15)
         if status == "diverged"
@@ -146,6 +197,12 @@ def metric_rows(mode, seed, status, acc, gap, kl):
             train_subset_acc_eval=val_acc,
             samples_seen=step * 4,
         )
+        if precise is not None:
+            row.update(
+                val_acc_precise=val_acc + precise,
+                val_loss_precise=2.0 - val_acc - precise,
+                precise_seconds=0.01 * (1 + step / 10) + 0.001 * seed,
+            )
         rows.append(row)
     if status == "diverged":
         rows[-1].update(loss=float("inf"), param_norm=5000.0)
@@ -154,14 +211,16 @@ def metric_rows(mode, seed, status, acc, gap, kl):
 
 def write_run(root: Path, spec, sweep: str = "study") -> Path:
     mode, batch_size, seed, kind, status, acc, gap, kl, extra = spec
-    ghost = "-ghost" if "virtual_batch_size" in extra else ""
+    ghost = f"-ghost{extra['virtual_batch_size']}" if "virtual_batch_size" in extra else ""
+    ghost += f"-lr{extra['lr']}" if "lr" in extra else ""
+    ghost += "-precise" if "precise" in extra or "precise_bn" in extra else ""
     run_id = f"{mode}{ghost}-bs{batch_size}-s{seed}-{kind}-{extra.get('sampler', 'iid')}"
     run_dir = root / "runs" / sweep / run_id
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(
         yaml.safe_dump(config(mode, batch_size, seed, kind, extra), sort_keys=False)
     )
-    rows = metric_rows(mode, seed, status, acc, gap, kl)
+    rows = metric_rows(mode, seed, status, acc, gap, kl, extra.get("precise"))
     columns = list(dict.fromkeys(k for row in rows for k in row))
     with (run_dir / "metrics.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, columns, lineterminator="\n")
@@ -215,6 +274,22 @@ def non_iid_results(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def precise_results(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("results_precise")
+    for spec in PRECISE_RUNS:
+        write_run(root, spec)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ghost_results(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("results_ghost")
+    for spec in GHOST_RUNS:
+        write_run(root, spec)
+    return root
+
+
+@pytest.fixture(scope="module")
 def runs(results) -> pd.DataFrame:
     with pytest.warns(UserWarning, match="1 incomplete"):
         return load_runs(results)
@@ -249,6 +324,7 @@ def test_cli_writes_every_figure_and_table(results, tmp_path, capsys):
     assert "skipping 1 incomplete run (killed before finishing): study/renorm-bs4-s2" in printed
     assert "skipping 1 failed run (stopped by an error" in printed
     assert "skipping accuracy_vs_step_non_iid figure: no non-i.i.d." in printed
+    assert "skipping precise_statistics figure: no run logged val_acc_precise" in printed
     assert (out / "accuracy_vs_step.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "accuracy_vs_step.pdf").read_bytes()[:5] == b"%PDF-"
 
@@ -285,6 +361,8 @@ def test_figures_that_the_results_cannot_support_are_skipped_with_a_reason(tmp_p
     assert "skipping divergence_traces figure: no run diverged" in printed
     assert "skipping decay_schedules figure: all runs use the same momentum schedule" in printed
     assert "skipping renorm_internals figure: no renorm run (removed its stale files)" in printed
+    assert "skipping precise_statistics figure: no run logged val_acc_precise" in printed
+    assert "skipping ghost_batch figure: no batch run sets norm.virtual_batch_size" in printed
     assert not (out / "renorm_internals.png").exists()
     assert (out / "accuracy_vs_batch_size.png").exists()
 
@@ -298,6 +376,19 @@ def test_a_run_recorded_in_two_sweeps_counts_once(tmp_path, capsys):
     assert "skipping 2 repeated run(s)" in printed and "first/batch-bs4-s0" in printed
     frame = plots.accuracy_vs_batch_size_frame(load_runs(tmp_path / "results"))
     assert (frame["n"].tolist(), frame["mean"].tolist()) == ([2], [pytest.approx(0.61)])
+
+
+def test_precise_and_ghost_figures_are_drawn_when_such_runs_exist(
+    precise_results, ghost_results, tmp_path, capsys
+):
+    out = tmp_path / "figures"
+    code, printed = cli(capsys, precise_results, ghost_results, "--out", out)
+    assert code == 0
+    for name in ("precise_statistics", "ghost_batch"):
+        assert f"{name} figure" not in printed
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (out / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+    assert "val. accuracy, precise stats (%)" in (out / "summary.md").read_text()
 
 
 def test_cli_reports_missing_or_empty_results(tmp_path, capsys):
@@ -450,6 +541,107 @@ def test_summary_table(runs, tmp_path):
     assert r"moving\_average" in latex
     csv_table = pd.read_csv(paths[2])
     assert len(csv_table) == len(table)
+
+
+def test_precise_statistics_frame(precise_results):
+    frame = plots.precise_statistics_frame(load_runs(precise_results))
+    assert list(frame.columns) == [
+        "metric",
+        "mode",
+        "batch_size",
+        "setting",
+        "mean",
+        "std",
+        "n",
+        "n_diverged",
+        "n_used",
+    ]
+    # the none run asked but logged nothing, the batch-64 run did not ask: both left out
+    pairs = set(frame[["mode", "batch_size"]].itertuples(index=False, name=None))
+    assert pairs == {("batch", 4), ("batch", 32), ("renorm", 4)}
+    assert set(frame["setting"]) == {""}
+    ema = row(frame, metric="val_acc_eval", mode="batch", batch_size=4)
+    assert (ema["mean"], ema["std"]) == (pytest.approx(0.61), pytest.approx(stdev([0.60, 0.62])))
+    assert (ema["n"], ema["n_diverged"], ema["n_used"]) == (3, 1, 2)
+    precise = row(frame, metric="val_acc_precise", mode="batch", batch_size=4)
+    assert precise["mean"] == pytest.approx((0.65 + 0.64) / 2)
+    assert precise["std"] == pytest.approx(stdev([0.65, 0.64]))
+    # paired: the spread of the per-seed differences 0.05 and 0.02
+    gain = row(frame, metric="precise_minus_eval", mode="batch", batch_size=4)
+    assert gain["mean"] == pytest.approx(0.035)
+    assert gain["std"] == pytest.approx(stdev([0.05, 0.02]))
+    assert (gain["n"], gain["n_diverged"]) == (3, 1)
+    big = row(frame, metric="precise_minus_eval", mode="batch", batch_size=32)
+    assert big["mean"] == pytest.approx(0.0, abs=1e-12)
+    assert big["std"] == pytest.approx(stdev([0.01, -0.01]))
+    assert row(frame, metric="val_acc_precise", mode="batch", batch_size=32)["mean"] == (
+        pytest.approx(0.82)
+    )
+    renorm = row(frame, metric="val_acc_precise", mode="renorm", batch_size=4)
+    assert (renorm["mean"], renorm["n"]) == (pytest.approx(0.68), 2)
+    assert row(frame, metric="precise_minus_eval", mode="renorm")["mean"] == pytest.approx(0.03)
+
+
+def test_ghost_batch_frame(ghost_results, runs):
+    frame = plots.ghost_batch_frame(load_runs(ghost_results))
+    eval_mode = frame.loc[frame["metric"] == "val_acc_eval"]
+    # the lr=0.05 run is its own setting; batch size 16 (no ghost run) and renorm are left out
+    columns = ["setting", "batch_size", "virtual_batch_size", "mode"]
+    assert list(eval_mode[columns].itertuples(index=False, name=None)) == [
+        ("lr=0.05", 32, 8, "batch (ghost)"),
+        ("lr=0.1", 32, 4, "batch (ghost)"),
+        ("lr=0.1", 32, 8, "batch (ghost)"),
+        ("lr=0.1", 32, 32, "batch"),
+        ("lr=0.1", 64, 8, "batch (ghost)"),
+    ]
+    v4 = row(eval_mode, setting="lr=0.1", batch_size=32, virtual_batch_size=4)
+    assert (v4["mean"], v4["std"], v4["n"]) == (
+        pytest.approx(0.72),
+        pytest.approx(stdev([0.70, 0.74])),
+        2,
+    )
+    v8 = row(eval_mode, setting="lr=0.1", batch_size=32, virtual_batch_size=8)
+    assert v8["mean"] == pytest.approx((0.76 + 0.79) / 2)
+    assert (v8["n"], v8["n_diverged"], v8["n_used"]) == (3, 1, 2)
+    plain = row(eval_mode, batch_size=32, virtual_batch_size=32)
+    assert (plain["mean"], plain["std"]) == (
+        pytest.approx(0.82),
+        pytest.approx(stdev([0.80, 0.84])),
+    )
+    assert row(eval_mode, batch_size=64)["mean"] == pytest.approx(0.735)
+    single = row(eval_mode, setting="lr=0.05")
+    assert (single["mean"], single["n"]) == (pytest.approx(0.60), 1) and pd.isna(single["std"])
+    train_mode = frame.loc[frame["metric"] == "val_acc_train_mode"]
+    t4 = row(train_mode, setting="lr=0.1", batch_size=32, virtual_batch_size=4)
+    assert (t4["mean"], t4["std"]) == (pytest.approx(0.81), pytest.approx(stdev([0.80, 0.82])))
+    assert row(train_mode, batch_size=32, virtual_batch_size=32)["mean"] == pytest.approx(0.85)
+    assert row(train_mode, setting="lr=0.1", batch_size=32, virtual_batch_size=8)["mean"] == (
+        pytest.approx(0.82)
+    )
+    assert row(train_mode, batch_size=64)["std"] == pytest.approx(stdev([0.80, 0.82]))
+    # the main results: one ghost run (virtual 8) and plain BN at 32 (the failed seed left out)
+    main = plots.ghost_batch_frame(runs)
+    main = main.loc[main["metric"] == "val_acc_eval"]
+    assert list(main["virtual_batch_size"]) == [8, 32] and set(main["setting"]) == {""}
+    assert list(main["mean"]) == [pytest.approx(0.78), pytest.approx(0.82)]
+    assert list(main["n"]) == [1, 2]
+
+
+def test_summary_table_with_precise_statistics(precise_results, runs, tmp_path):
+    assert "val_acc_precise_mean" not in plots.summary_table(runs)
+    table = plots.summary_table(load_runs(precise_results))
+    batch = row(table, mode="batch", batch_size=4)
+    assert batch["val_acc_precise_mean"] == pytest.approx(0.645)
+    assert batch["val_acc_precise_std"] == pytest.approx(stdev([0.65, 0.64]))
+    # per run, the mean over its evaluations (steps 0, 10, 20), not the last one
+    assert batch["precise_seconds_mean"] == pytest.approx(mean([0.020, 0.021]))
+    assert batch["precise_seconds_std"] == pytest.approx(stdev([0.020, 0.021]))
+    assert row(table, mode="renorm")["precise_seconds_mean"] == pytest.approx(0.0205)
+    for mode, size in (("none", 4), ("batch", 64)):
+        assert pd.isna(row(table, mode=mode, batch_size=size)["val_acc_precise_mean"])
+    markdown = plots.write_summary(table, tmp_path)[0].read_text()
+    assert "val. accuracy, precise stats (%) | precise-BN time per eval. (s) |" in markdown
+    assert "| 64.5 ± 0.7 |" in markdown
 
 
 # ----------------------------------------------------------------------------- one run

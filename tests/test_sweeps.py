@@ -225,6 +225,7 @@ def test_wandb_offline_runs_carry_group_tags_config_and_history(cli, tmp_path, m
         config = run["config"]["update"]
         assert config["batch_size"] == 4 and config["norm"]["mode"] == run["job_type"]
         assert steps == [0, 3, 6]
+        assert any(k.startswith("figures/") for h in history for k in h), "the run's figure"
         seen[run["display_name"]] = history
     local = summaries(result.results, "dash")
     for summary in local:

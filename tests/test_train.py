@@ -154,3 +154,18 @@ def test_cli_rejects_bad_input_before_training(cli, args, expected):
     assert result.code != 0
     assert expected in result.err
     assert result.run_dirs() == [], "no run directory for a run that never started"
+
+
+def test_a_divergence_found_at_a_logged_row_is_logged_once(cli):
+    result = cli(
+        "norm=none",
+        "model=mlp",
+        "optim.lr=1e6",
+        "optim.momentum=0.0",
+        "steps=40",
+        "eval_every=1",
+        "divergence.check_every=1000",
+    )
+    metrics = pd.read_csv(result.run_dirs()[0] / "metrics.csv")
+    assert result.summary()["status"] == "diverged"
+    assert metrics["step"].is_unique

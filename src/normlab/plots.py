@@ -10,8 +10,14 @@ Reads ``results/runs/...`` through :mod:`normlab.results` and writes, as PNG (20
   or momentum schedule, and the loss and parameter norm of the runs that did.
 - ``decay_schedules``: accuracy and statistics mismatch over training per momentum schedule.
 - ``renorm_internals``: fraction of clipped r and d against the rmax/dmax schedule.
+- ``precise_statistics``: for runs with ``eval.precise_bn``, final accuracy with the EMA
+  population statistics against the same weights with precisely recomputed ones (fvcore
+  PreciseBN; Wu & Johnson 2021), and their difference, against batch size.
+- ``ghost_batch``: final eval- and train-mode accuracy against the virtual batch size of ghost
+  batch norm (Hoffer et al. 2017), one panel per optimizer batch size.
 
-and ``summary.md``/``.tex``/``.csv``: mean ± std over seeds per mode and batch size.
+and ``summary.md``/``.tex``/``.csv``: mean ± std over seeds per mode and batch size (with the
+precise-statistics accuracy and time per evaluation when some run recorded them).
 
 Aggregation rules, the same in every figure and table:
 
@@ -79,6 +85,9 @@ MODE_MARKERS = {
 EXTRA_COLORS = ("#F0E442", "#7F3C8D", "#11A579")
 LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
 MODE_ORDER = tuple(MODE_COLORS)
+# The second of two metrics drawn per mode: half-filled markers, so that a lone point (no line
+# to show its style) still says which it is; hollow markers already mean "some seeds diverged".
+SECOND = {"fillstyle": "top", "markerfacecoloralt": "white", "markersize": 5}
 
 # Config keys that split runs into separate lines/rows when the results vary them.
 SETTING_KEYS = {
@@ -127,6 +136,8 @@ SUMMARY_METRICS = (
     "kl_train_eval",
     "best_val_acc_eval",
 )
+# Summary columns added only when some run recomputed precise statistics (eval.precise_bn).
+PRECISE_METRICS = ("val_acc_precise", "precise_seconds")
 PERCENT = {
     "val_acc_eval",
     "val_acc_train_mode",
@@ -134,6 +145,8 @@ PERCENT = {
     "best_val_acc_eval",
     "r_clip_frac",
     "d_clip_frac",
+    "val_acc_precise",
+    "precise_minus_eval",
 }
 LABELS = {
     "val_acc_eval": "validation accuracy (%)",
@@ -147,6 +160,9 @@ LABELS = {
     "param_norm": "parameter norm ‖θ‖",
     "r_clip_frac": "r clipped (% of channels)",
     "d_clip_frac": "d clipped (% of channels)",
+    "val_acc_precise": "val. accuracy, precise stats (%)",
+    "precise_minus_eval": "precise − EMA stats acc. (pp)",
+    "precise_seconds": "precise-BN time per eval. (s)",
 }
 BAND_TEXT = "mean ± 1 std over non-diverged seeds"
 
@@ -347,39 +363,29 @@ def _stats(values: pd.Series) -> dict[str, float]:
     }
 
 
-def final_by_batch_size(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Final ``metric`` per (mode, setting, batch size): ``mean``/``std`` over non-diverged
+def final_stats(used: pd.DataFrame, metric: str, by: Sequence[str]) -> pd.DataFrame:
+    """Final ``metric`` per group of ``by`` in prepared runs: ``mean``/``std`` over non-diverged
     seeds, ``n`` runs in all, ``n_diverged`` of them diverged, ``n_used`` finite values."""
-    used = with_setting(prepare_runs(runs))
     rows = []
-    for (mode, setting, order, bs), group in used.groupby(
-        ["mode", "setting", "setting_order", "batch_size"], sort=False
-    ):
+    for key, group in used.groupby(list(by), sort=False):
         kept = group.loc[~group["diverged"]]
         values = kept[metric] if metric in kept else pd.Series(dtype=float)
         rows.append(
             {
-                "mode": mode,
-                "batch_size": bs,
-                "setting": setting,
-                "setting_order": order,
+                **dict(zip(by, key, strict=True)),
                 **_stats(values),
                 "n": len(group),
                 "n_diverged": int(group["diverged"].sum()),
             }
         )
-    columns = [
-        "mode",
-        "batch_size",
-        "setting",
-        "setting_order",
-        "mean",
-        "std",
-        "n",
-        "n_diverged",
-        "n_used",
-    ]
-    return _order(pd.DataFrame(rows, columns=columns), ["batch_size"])
+    return pd.DataFrame(rows, columns=[*by, "mean", "std", "n", "n_diverged", "n_used"])
+
+
+def final_by_batch_size(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Final ``metric`` per (mode, setting, batch size), see :func:`final_stats`."""
+    used = with_setting(prepare_runs(runs))
+    frame = final_stats(used, metric, ["mode", "batch_size", "setting", "setting_order"])
+    return _order(frame, ["batch_size"])
 
 
 def accuracy_vs_batch_size_frame(runs: pd.DataFrame) -> pd.DataFrame:
@@ -482,6 +488,69 @@ def renorm_internals_frame(runs: pd.DataFrame, metrics: pd.DataFrame | None = No
     return frame.drop(columns=["mode"])
 
 
+def precise_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The drawn runs that recomputed precise population statistics (``eval.precise_bn``):
+    those with a final ``val_acc_precise``, and diverged ones that asked for it (a mode without
+    normalization layers logs none, so it is left out). ``setting`` varies over these runs only.
+    """
+    used = prepare_runs(runs)
+    logged = pd.to_numeric(_column(used, "val_acc_precise"), errors="coerce").notna()
+    asked = _column(used, "config.eval.precise_bn").map(lambda v: not _missing(v) and bool(v))
+    return with_setting(used.loc[logged | (asked & used["diverged"])])
+
+
+def precise_statistics_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    """For :func:`precise_runs`, per (mode, setting, batch size), long (one row per metric):
+    final ``val_acc_eval`` (EMA population statistics), ``val_acc_precise`` (recomputed over
+    ``eval.precise_batches`` training batches, same weights) and ``precise_minus_eval``, their
+    difference. The difference is paired: taken per run, then averaged over non-diverged seeds,
+    so its ``std`` is the spread of the per-seed differences."""
+    used = precise_runs(runs)
+    used["precise_minus_eval"] = pd.to_numeric(
+        _column(used, "val_acc_precise"), errors="coerce"
+    ) - pd.to_numeric(_column(used, "val_acc_eval"), errors="coerce")
+    by = ["mode", "batch_size", "setting", "setting_order"]
+    frames = [
+        _order(final_stats(used, metric, by), ["batch_size"]).assign(metric=metric)
+        for metric in ("val_acc_eval", "val_acc_precise", "precise_minus_eval")
+    ]
+    frame = pd.concat(frames, ignore_index=True)
+    return frame[["metric", *[c for c in frame.columns if c != "metric"]]]
+
+
+def ghost_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The drawn ``batch`` runs at the optimizer batch sizes where some run set
+    ``norm.virtual_batch_size``, with ``virtual_batch_size`` (the batch size itself for plain
+    BN, which is mode ``batch``; ghost runs are ``batch (ghost)``). ``setting`` varies over
+    these runs only, the virtual batch size excluded."""
+    used = prepare_runs(runs)
+    virtual = pd.to_numeric(_column(used, "config.norm.virtual_batch_size"), errors="coerce")
+    batch = _column(used, "config.norm.mode") == "batch"
+    sizes = set(used.loc[batch & virtual.notna(), "batch_size"])
+    keep = batch & used["batch_size"].isin(sizes)
+    used = used.loc[keep].assign(
+        virtual_batch_size=virtual[keep].fillna(used["batch_size"]).astype("int64")
+    )
+    return with_setting(used, exclude=["config.norm.virtual_batch_size"])
+
+
+def ghost_batch_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    """For :func:`ghost_runs`: final ``val_acc_eval`` and ``val_acc_train_mode`` per (setting,
+    optimizer batch size, virtual batch size, mode), long (one row per metric); see
+    :func:`final_stats`."""
+    used = ghost_runs(runs)
+    by = ["setting", "setting_order", "batch_size", "virtual_batch_size", "mode"]
+    rank = {m: i for i, m in enumerate(MODE_ORDER)}
+    frames = []
+    for metric in ("val_acc_eval", "val_acc_train_mode"):
+        frame = final_stats(used, metric, by).assign(metric=metric)
+        frame["_mode"] = frame["mode"].map(lambda m: rank.get(m, len(rank)))
+        frame = frame.sort_values([*by[1:4], "_mode"], kind="stable")
+        frames.append(frame.drop(columns=["_mode", "setting_order"]))
+    frame = pd.concat(frames, ignore_index=True)
+    return frame[["metric", *[c for c in frame.columns if c != "metric"]]]
+
+
 def diverged_traces_frame(runs: pd.DataFrame, metrics: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every logged row of the diverged runs, with ``divergence_step`` and grouping columns."""
     rows = run_metrics(runs, metrics)
@@ -516,11 +585,19 @@ def divergence_frame(runs: pd.DataFrame) -> pd.DataFrame:
     return _order(frame, ["key", "_value"]).drop(columns=["_value"])
 
 
-def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
+def summary_table(runs: pd.DataFrame, metrics: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per (mode, batch size, varied settings): ``n`` runs, ``n_diverged``, ``diverged_frac``,
-    and ``<metric>_mean``/``<metric>_std`` of :data:`SUMMARY_METRICS` over non-diverged seeds."""
+    and ``<metric>_mean``/``<metric>_std`` of :data:`SUMMARY_METRICS` over non-diverged seeds;
+    also of :data:`PRECISE_METRICS` when some run logged ``val_acc_precise`` (groups without
+    it get NaN). ``precise_seconds`` is each run's mean over its evaluations, read from
+    ``metrics`` (every logged row, as for :func:`run_metrics`; loaded when not given)."""
     used = with_setting(prepare_runs(runs))
     settings = varied_keys(used, list(SETTING_KEYS))
+    names = list(SUMMARY_METRICS)
+    if pd.to_numeric(_column(used, "val_acc_precise"), errors="coerce").notna().any():
+        names += PRECISE_METRICS
+        per_run = _mean_per_run(runs, metrics, "precise_seconds")
+        used["precise_seconds"] = used["run_dir"].map(per_run)
     rows = []
     for _, group in used.groupby(["mode", "setting", "setting_order", "batch_size"], sort=False):
         first = group.iloc[0]
@@ -531,7 +608,7 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
         }
         row.update({SETTING_KEYS[k]: first[k] for k in settings})
         kept = group.loc[~group["diverged"]]
-        for metric in SUMMARY_METRICS:
+        for metric in names:
             stats = _stats(kept[metric] if metric in kept else pd.Series(dtype=float))
             row[f"{metric}_mean"], row[f"{metric}_std"] = stats["mean"], stats["std"]
         n_div = int(group["diverged"].sum())
@@ -545,9 +622,18 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
         "n",
         "n_diverged",
         "diverged_frac",
-        *(f"{m}_{s}" for m in SUMMARY_METRICS for s in ("mean", "std")),
+        *(f"{m}_{s}" for m in names for s in ("mean", "std")),
     ]
     return _order(pd.DataFrame(rows, columns=columns), ["batch_size"])
+
+
+def _mean_per_run(runs: pd.DataFrame, metrics: pd.DataFrame | None, metric: str) -> pd.Series:
+    """Each drawn run's mean of the finite logged values of ``metric``, by ``run_dir``."""
+    rows = run_metrics(runs, metrics)
+    if metric not in rows:
+        return pd.Series(dtype=float)
+    values = pd.to_numeric(rows[metric], errors="coerce")
+    return values.where(np.isfinite(values)).groupby(rows["run_dir"]).mean()
 
 
 # ----------------------------------------------------------------------------- tables
@@ -571,7 +657,7 @@ def summary_display(table: pd.DataFrame, pm: str = " ± ") -> pd.DataFrame:
         out[column] = table[column].map(_fmt)
     out.insert(0, "batch size", table["batch_size"].astype(str))
     out.insert(0, "mode", table["mode"].astype(str))
-    for metric in SUMMARY_METRICS:
+    for metric in (*SUMMARY_METRICS, *PRECISE_METRICS):
         if metric not in stats:
             continue
         scale, digits = (100.0, 1) if metric in PERCENT else (1.0, 3)
@@ -876,49 +962,57 @@ def _draw_vs_batch_size(
             capsize=2,
             markersize=4,
         )
-        for _, point in line.loc[line["n_diverged"] > 0].iterrows():
-            text = f"{point['n_diverged']}/{point['n']} div."
-            if _missing(point["mean"]):  # every seed diverged: a × on the x axis
-                ax.plot(
-                    point["batch_size"],
-                    0.03,
-                    marker="x",
-                    color=color,
-                    markersize=6,
-                    transform=ax.get_xaxis_transform(),
-                    clip_on=False,
-                )
-                ax.annotate(
-                    text,
-                    (point["batch_size"], 0.03),
-                    xycoords=ax.get_xaxis_transform(),
-                    xytext=(3, 3),
-                    textcoords="offset points",
-                    fontsize=6,
-                    color=color,
-                )
-                continue
-            y = point["mean"] * scale
+        _mark_diverged(ax, line, "batch_size", scale, color, marker)
+    _log2_axis(ax, frame["batch_size"])
+    ax.set_xlabel("batch size (examples per step)")
+    ax.set_ylabel(LABELS[metric])
+
+
+def _mark_diverged(
+    ax: Axes, points: pd.DataFrame, x: str, scale: float, color: str, marker: str
+) -> None:
+    """``k/n div.`` at each point (x from column ``x``) where some seeds diverged: a hollow
+    marker on the mean of the rest, or a × on the x axis when every seed diverged."""
+    for _, point in points.loc[points["n_diverged"] > 0].iterrows():
+        text = f"{point['n_diverged']}/{point['n']} div."
+        if _missing(point["mean"]):  # every seed diverged: a × on the x axis
             ax.plot(
-                point["batch_size"],
-                y,
-                marker=marker,
-                markersize=7,
-                markerfacecolor="white",
-                markeredgecolor=color,
-                linestyle="",
+                point[x],
+                0.03,
+                marker="x",
+                color=color,
+                markersize=6,
+                transform=ax.get_xaxis_transform(),
+                clip_on=False,
             )
             ax.annotate(
                 text,
-                (point["batch_size"], y),
-                xytext=(3, -9),
+                (point[x], 0.03),
+                xycoords=ax.get_xaxis_transform(),
+                xytext=(3, 3),
                 textcoords="offset points",
                 fontsize=6,
                 color=color,
             )
-    _log2_axis(ax, frame["batch_size"])
-    ax.set_xlabel("batch size (examples per step)")
-    ax.set_ylabel(LABELS[metric])
+            continue
+        y = point["mean"] * scale
+        ax.plot(
+            point[x],
+            y,
+            marker=marker,
+            markersize=7,
+            markerfacecolor="white",
+            markeredgecolor=color,
+            linestyle="",
+        )
+        ax.annotate(
+            text,
+            (point[x], y),
+            xytext=(3, -9),
+            textcoords="offset points",
+            fontsize=6,
+            color=color,
+        )
 
 
 def _log2_axis(ax: Axes, sizes: pd.Series) -> None:
@@ -941,7 +1035,13 @@ def _batch_size_figure(runs: pd.DataFrame, frame: pd.DataFrame, metrics: Sequenc
         if metric == "gap_train_minus_eval":
             ax.axhline(0.0, color="0.5", linewidth=0.6)
     handles = _mode_handles(frame["mode"], marker=True) + _style_handles(styles, ["setting"])
-    handles.append(
+    _legend(figure, handles + _final_handles())
+    return figure
+
+
+def _final_handles() -> list[Line2D]:
+    """Legend entries for final values drawn with :func:`_mark_diverged` and error bars."""
+    return [
         Line2D(
             [],
             [],
@@ -951,9 +1051,7 @@ def _batch_size_figure(runs: pd.DataFrame, frame: pd.DataFrame, metrics: Sequenc
             linestyle="",
             markersize=7,
             label="some seeds diverged (k/n): mean of the rest",
-        )
-    )
-    handles.append(
+        ),
         Line2D(
             [],
             [],
@@ -961,10 +1059,8 @@ def _batch_size_figure(runs: pd.DataFrame, frame: pd.DataFrame, metrics: Sequenc
             marker="|",
             linestyle="",
             label="error bar: ±1 std over non-diverged seeds",
-        )
-    )
-    _legend(figure, handles)
-    return figure
+        ),
+    ]
 
 
 @styled
@@ -1175,6 +1271,159 @@ def plot_renorm_internals(runs: pd.DataFrame, metrics: pd.DataFrame | None = Non
     return figure
 
 
+def _errorbars(
+    ax: Axes,
+    points: pd.DataFrame,
+    x: str,
+    scale: float,
+    color: str,
+    marker: str,
+    linestyle: Any,
+    **style: Any,
+) -> None:
+    ax.errorbar(
+        points[x].to_numpy(float),
+        points["mean"].to_numpy(float) * scale,
+        yerr=points["std"].to_numpy(float) * scale,
+        color=color,
+        linestyle=linestyle,
+        marker=marker,
+        capsize=2,
+        **{"markersize": 4, **style},
+    )
+
+
+def _metric_handles(first: str, second: str) -> list[Line2D]:
+    """Legend entries for the solid first and dashed, half-filled second metric."""
+    return [
+        Line2D([], [], color="0.35", marker="o", label=first),
+        Line2D([], [], color="0.35", marker="o", linestyle="--", label=second, **SECOND),
+    ]
+
+
+def _settings(used: pd.DataFrame) -> list[str]:
+    """The distinct ``setting`` values of ``used``, by value."""
+    return list(dict.fromkeys(used.sort_values("setting_order", kind="stable")["setting"]))
+
+
+@styled
+def plot_precise_statistics(runs: pd.DataFrame, metrics: pd.DataFrame | None = None) -> Figure:
+    """Final accuracy with EMA (solid) and precisely recomputed (dashed) population statistics
+    against batch size, and their paired difference; a row of panels per setting."""
+    used = precise_runs(runs)
+    if used.empty:
+        raise Skip("no run logged val_acc_precise (eval.precise_bn=true)")
+    frame = precise_statistics_frame(runs)
+    settings = _settings(used)
+    figure, axes = new_figure(2, len(settings))
+    for (accuracy, difference), setting in zip(axes, settings, strict=True):
+        part = frame.loc[frame["setting"] == setting]
+        for mode, line in part.groupby("mode", sort=False):
+            color, marker = mode_color(mode), MODE_MARKERS.get(mode, "o")
+            for ax, metric, linestyle, style_ in (
+                (accuracy, "val_acc_eval", "-", {}),
+                (accuracy, "val_acc_precise", "--", SECOND),
+                (difference, "precise_minus_eval", "-", {}),
+            ):
+                points = line.loc[line["metric"] == metric]
+                _errorbars(ax, points, "batch_size", 100.0, color, marker, linestyle, **style_)
+                if metric != "val_acc_precise":  # once per panel
+                    _mark_diverged(ax, points, "batch_size", 100.0, color, marker)
+        difference.axhline(0.0, color="0.5", linewidth=0.6)
+        for ax, metric in ((accuracy, "val_acc_eval"), (difference, "precise_minus_eval")):
+            _log2_axis(ax, part["batch_size"])
+            ax.set_xlabel("batch size (examples per step)")
+            ax.set_ylabel(LABELS[metric])
+            if setting:
+                ax.set_title(setting)
+    batches = _column(used, "config.eval.precise_batches").dropna().unique()
+    over = f"{_fmt(batches[0])} training batches" if len(batches) == 1 else "K training batches"
+    handles = [
+        *_mode_handles(frame["mode"], marker=True),
+        *_metric_handles(
+            "EMA population statistics (val_acc_eval)",
+            f"recomputed over {over} (val_acc_precise)",
+        ),
+        *_final_handles(),
+    ]
+    _legend(figure, handles)
+    return figure
+
+
+@styled
+def plot_ghost_batch(runs: pd.DataFrame, metrics: pd.DataFrame | None = None) -> Figure:
+    """Final eval-mode (solid) and train-mode (dashed) accuracy against the virtual batch size
+    of ghost batch norm, a panel per optimizer batch size and a row per setting; plain BN
+    (mode ``batch``) is the point at virtual = optimizer batch size."""
+    used = ghost_runs(runs)
+    if not (used["mode"] == "batch (ghost)").any():
+        raise Skip("no batch run sets norm.virtual_batch_size (ghost batch norm)")
+    frame = ghost_batch_frame(runs)
+    settings, sizes = _settings(used), sorted(set(used["batch_size"]))
+    figure, axes = new_figure(len(sizes), len(settings), sharey=True)
+    ghost = mode_color("batch (ghost)")
+    for row, setting in zip(axes, settings, strict=True):
+        labelled = False
+        for ax, size in zip(row, sizes, strict=True):
+            part = frame.loc[(frame["setting"] == setting) & (frame["batch_size"] == size)]
+            if part.empty:
+                ax.set_visible(False)
+                continue
+            for metric, linestyle, style_ in (
+                ("val_acc_eval", "-", {}),
+                ("val_acc_train_mode", "--", SECOND),
+            ):
+                points = part.loc[part["metric"] == metric]
+                drawn = points.loc[points["mean"].notna()]
+                ax.plot(
+                    drawn["virtual_batch_size"].to_numpy(float),
+                    drawn["mean"].to_numpy(float) * 100.0,
+                    color=ghost,
+                    linestyle=linestyle,
+                )
+                for mode, group in points.groupby("mode", sort=False):
+                    color, marker = mode_color(mode), MODE_MARKERS.get(mode, "o")
+                    _errorbars(
+                        ax, group, "virtual_batch_size", 100.0, color, marker, "none", **style_
+                    )
+                    if metric == "val_acc_eval":  # once per panel
+                        _mark_diverged(ax, group, "virtual_batch_size", 100.0, color, marker)
+            _log2_axis(ax, part["virtual_batch_size"])
+            ax.set_title(f"batch size {size}" + (f", {setting}" if setting else ""))
+            ax.set_xlabel("virtual batch size (examples per statistics)")
+            if not labelled:
+                ax.set_ylabel(LABELS["val_acc_eval"])
+                labelled = True
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=ghost,
+            marker=MODE_MARKERS["batch (ghost)"],
+            label="batch (ghost): statistics per virtual batch",
+        )
+    ]
+    if (used["mode"] == "batch").any():
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color=mode_color("batch"),
+                marker=MODE_MARKERS["batch"],
+                linestyle="",
+                label="batch: plain BN (virtual = batch size)",
+            )
+        )
+    handles += [
+        *_metric_handles(
+            "eval mode (population statistics)", "train mode (virtual-batch statistics)"
+        ),
+        *_final_handles(),
+    ]
+    _legend(figure, handles)
+    return figure
+
+
 @styled
 def plot_accuracy_vs_step_non_iid(
     runs: pd.DataFrame, metrics: pd.DataFrame | None = None
@@ -1191,6 +1440,8 @@ FIGURES: dict[str, Callable[[pd.DataFrame, pd.DataFrame | None], Figure]] = {
     "divergence_traces": plot_divergence_traces,
     "decay_schedules": plot_decay_schedules,
     "renorm_internals": plot_renorm_internals,
+    "precise_statistics": plot_precise_statistics,
+    "ghost_batch": plot_ghost_batch,
 }
 
 
@@ -1291,7 +1542,7 @@ def make_figures(
     if used.empty:
         report("skipping summary tables: no completed or diverged run")
     else:
-        written += write_summary(summary_table(runs), out)
+        written += write_summary(summary_table(runs, metrics), out)
     return written
 
 

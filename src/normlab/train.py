@@ -31,7 +31,7 @@ from normlab.checkpoint import CHECKPOINT_FILE
 from normlab.config import ConfigError, RunConfig, register_configs, run_id, validate
 from normlab.data import DataError, Dataset, load_dataset
 from normlab.files import RunLock
-from normlab.loggers import RunRecord, read_summary
+from normlab.loggers import METRICS_FILE, RunRecord, read_summary
 from normlab.models import build_model
 from normlab.norm import build_norm
 from normlab.trainer import Trainer, total_steps
@@ -133,7 +133,7 @@ def _run_locked(
         record.finish(summary)
         raise
     summary["finished_at"] = _now()
-    record.finish(summary)
+    record.finish(summary, _figures_for_backends(record, config, run_dir))
     if summary["status"] in FINISHED:
         if config.checkpoint.keep_final:
             trainer.save_checkpoint()
@@ -194,6 +194,21 @@ def _attach_backends(record: RunRecord, config: RunConfig, run_dir: Path) -> Non
         record.add_backend(WandbBackend(config, run_dir))
     except Exception as error:  # no dashboard is no reason to lose the run
         record.backend_failed("wandb", error)
+
+
+def _figures_for_backends(record: RunRecord, config: RunConfig, run_dir: Path) -> list[Path]:
+    """The run's own figure, drawn only when a backend (wandb) will show it."""
+    if not record.backends or not config.logger.wandb.log_figures:
+        return []
+    try:
+        import pandas as pd
+
+        from normlab.plots import run_figure
+
+        return [run_figure(pd.read_csv(run_dir / METRICS_FILE), run_dir / "run.png")]
+    except Exception as error:  # a missing picture must not cost the record
+        record.backend_failed("figure", error)
+        return []
 
 
 def _clear_record(run_dir: Path) -> None:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -97,24 +97,45 @@ def build_optimizer(model: nn.Module, run: RunConfig) -> torch.optim.Optimizer:
 
 @dataclass
 class Window:
-    """Training loss and accuracy accumulated on the device between two logged rows."""
+    """Training loss and accuracy accumulated on the device between two logged rows.
+
+    A step adds its loss to the sum and only keeps its logits and labels; the correct
+    predictions of up to ``COUNT_EVERY`` steps are counted at once (an integer count, so the
+    same whatever the grouping) when the window is read or the backlog fills. That keeps the
+    per-step cost at one device op instead of five, which is felt at batch size 1.
+    """
+
+    COUNT_EVERY: ClassVar[int] = 64
 
     loss_sum: Tensor | None = None
     correct: Tensor | None = None
     examples: int = 0
     steps: int = 0
     pending_losses: list[Tensor] = field(default_factory=list)
+    pending_predictions: list[tuple[Tensor, Tensor]] = field(default_factory=list)
 
     def add(self, loss: Tensor, logits: Tensor, labels: Tensor) -> None:
-        correct = (logits.argmax(dim=1) == labels).sum()
         if self.loss_sum is None:
-            self.loss_sum, self.correct = loss.clone(), correct
+            self.loss_sum = loss.clone()
         else:
             self.loss_sum += loss
-            self.correct += correct
+        self.pending_predictions.append((logits, labels))
         self.examples += labels.numel()
         self.steps += 1
         self.pending_losses.append(loss)
+        if len(self.pending_predictions) >= self.COUNT_EVERY:
+            self._count_correct()
+
+    def _count_correct(self) -> None:
+        if not self.pending_predictions:
+            return
+        logits, labels = zip(*self.pending_predictions, strict=True)
+        correct = (torch.cat(logits).argmax(dim=1) == torch.cat(labels)).sum()
+        if self.correct is None:
+            self.correct = correct
+        else:
+            self.correct += correct
+        self.pending_predictions = []
 
     def drain_losses(self) -> list[float]:
         values = torch.stack(self.pending_losses).tolist() if self.pending_losses else []
@@ -124,6 +145,7 @@ class Window:
     def collect(self) -> dict[str, float]:
         if not self.steps:
             return {}
+        self._count_correct()
         out = {
             "loss": self.loss_sum.item() / self.steps,
             "train_acc": self.correct.item() / self.examples,
@@ -132,6 +154,7 @@ class Window:
         return out
 
     def state_dict(self) -> dict[str, Any]:
+        self._count_correct()
         return {
             "loss_sum": self.loss_sum,
             "correct": self.correct,
@@ -144,6 +167,7 @@ class Window:
         self.loss_sum, self.correct = state["loss_sum"], state["correct"]
         self.examples, self.steps = state["examples"], state["steps"]
         self.pending_losses = list(state["pending_losses"])
+        self.pending_predictions = []
 
 
 class Progress:
@@ -189,6 +213,7 @@ class Trainer:
         self.optimizer = build_optimizer(model, run)
         self.base_lr = scaled_lr(run)
         self.norms = norm_layers(model)
+        self.params = list(model.parameters())  # walking the module tree per step costs us
         self.momentum = build_schedule(**schedule_kwargs(run.momentum))
         self.rmax = build_schedule(**schedule_kwargs(run.renorm.rmax))
         self.dmax = build_schedule(**schedule_kwargs(run.renorm.dmax))
@@ -206,6 +231,7 @@ class Trainer:
         self.divergence: Divergence | None = None
         self.stop_signal: str | None = None
         self._eval_sets = self._build_eval_sets()
+        self.last_logged_step: int | None = None
 
     # ------------------------------------------------------------------ setup
 
@@ -245,6 +271,7 @@ class Trainer:
         """Train to the end, a divergence or a stop signal; return the summary's numbers."""
         self.progress = Progress(self.total, self.run.progress)
         started = time.perf_counter()
+        self.model.train()
         with _SignalGuard(self) as signals:
             if self.step == 0 and self.record.metrics.rows_written == 0:
                 self._log_row()
@@ -252,7 +279,7 @@ class Trainer:
             while self.step < self.total and self.divergence is None and not self.stop_signal:
                 self._iteration()
                 signals.dispatch()
-            if self.divergence is not None:
+            if self.divergence is not None and self.last_logged_step != self.step:
                 self._log_row()
             elif self.stop_signal:
                 self.save_checkpoint()
@@ -279,17 +306,25 @@ class Trainer:
         lr = self.base_lr * lr_factor(step, total, self.run)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        # Each value is computed once per step and written only where a layer holds another
+        # one: a write goes through nn.Module.__setattr__ and the setter's check (~2 us a layer).
         momentum = self.momentum(step, total)
+        rmax = dmax = None
         for layer in self.norms.values():
-            layer.momentum = momentum
+            if layer.momentum != momentum:
+                layer.momentum = momentum
             if isinstance(layer, BatchRenorm):
-                layer.rmax, layer.dmax = self.rmax(step, total), self.dmax(step, total)
+                if rmax is None:
+                    rmax, dmax = self.rmax(step, total), self.dmax(step, total)
+                if layer.rmax != rmax:
+                    layer.rmax = rmax
+                if layer.dmax != dmax:
+                    layer.dmax = dmax
         return lr
 
     def _train_step(self) -> None:
         started = time.perf_counter()
         self.lr = self._apply_schedules()
-        self.model.train()
         index = self.sampler.next_indices()
         x, y = self.data.x_train[index], self.data.y_train[index]
         logits = self.model(x)
@@ -307,7 +342,7 @@ class Trainer:
         first = self.step - len(self.window.pending_losses)
         losses = self.window.drain_losses()
         self.divergence = self.detector.check_losses(losses, first) or self.detector.check_params(
-            total_norm([p.detach() for p in self.model.parameters()]), self.step
+            total_norm([p.detach() for p in self.params]), self.step
         )
         if losses:
             self.progress.update(self.step, loss=losses[-1])
@@ -327,6 +362,8 @@ class Trainer:
         if self.divergence is None and "prenorm_rms_max" in row:
             self.divergence = self.detector.check_activations(row["prenorm_rms_max"], self.step)
         row["samples_seen"] = self.step * self.run.batch_size
+        self.model.train()  # evaluation leaves eval mode behind; steps never switch modes
+        self.last_logged_step = self.step
         self.eval_seconds += time.perf_counter() - started
         self.evaluations += 1
         self.record.log(row, self.step)
