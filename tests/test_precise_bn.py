@@ -77,13 +77,16 @@ def test_moving_average_layers_keep_normalizing_with_their_trained_statistics():
 
 @pytest.mark.usefixtures("_float64")
 @torch.no_grad()
-def test_renorm_keeps_its_standard_deviation_convention():
-    model = two_layer("renorm")
+def test_renorm_averages_the_batch_standard_deviation_it_trains_against():
+    model = two_layer("renorm")  # rmax = 1, dmax = 0: the forward is batch norm's
     data = batches()
-    (m1, v1), _ = hand_stats(model, data, second_norm_uses_ema=False)  # rmax=1, dmax=0: batch
     recompute_population_stats(model, data)
-    torch.testing.assert_close(model[1].running_mean, m1)
-    torch.testing.assert_close(model[1].running_std, torch.sqrt(v1 + model[1].eps))
+    inputs = [model[0](x) for x in data]
+    expected_std = torch.stack(
+        [torch.sqrt(h.var(0, correction=0) + model[1].eps) for h in inputs]
+    ).mean(0)
+    torch.testing.assert_close(model[1].running_mean, torch.stack(inputs).mean((0, 1)))
+    torch.testing.assert_close(model[1].running_std, expected_std)
 
 
 @pytest.mark.usefixtures("_float64")

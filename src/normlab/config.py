@@ -39,6 +39,13 @@ INPUT_SHAPES = {
 }
 
 
+class Shown(str):
+    """A value shown as written, without quotes, in a :class:`ConfigError`."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 class ConfigError(ValueError):
     """A config value that cannot run; ``str()`` is the one line shown to the user."""
 
@@ -380,7 +387,16 @@ def _validate_schedule(
         if total is not None:
             check_schedule(schedule, total, key, low, high)
     except ValueError as error:
-        raise ConfigError(key, schedule_kwargs(sched), str(error)) from None
+        reason = str(error).removeprefix(f"{key}: ")
+        raise ConfigError(key, _schedule_summary(sched), reason) from None
+
+
+def _schedule_summary(sched: ScheduleConfig) -> Shown:
+    """``linear(start=0.5, end=0.99, finish=0.5)``: the kind and the fields set away from their
+    defaults, so a message names what the user wrote rather than every field."""
+    default = ScheduleConfig()
+    changed = {k: v for k, v in vars(sched).items() if k != "kind" and v != getattr(default, k)}
+    return Shown(f"{sched.kind}({', '.join(f'{k}={v}' for k, v in changed.items())})")
 
 
 def schedule_kwargs(sched: ScheduleConfig) -> dict[str, Any]:

@@ -1034,6 +1034,9 @@ def _batch_size_figure(runs: pd.DataFrame, frame: pd.DataFrame, metrics: Sequenc
         _draw_vs_batch_size(ax, part, metric, styles)
         if metric == "gap_train_minus_eval":
             ax.axhline(0.0, color="0.5", linewidth=0.6)
+        if metric == "kl_train_eval":
+            # spans orders of magnitude (renorm at batch size 1 reaches 1e5 nats); KL >= 0
+            ax.set_yscale("log", nonpositive="clip")
     handles = _mode_handles(frame["mode"], marker=True) + _style_handles(styles, ["setting"])
     _legend(figure, handles + _final_handles())
     return figure

@@ -13,60 +13,66 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from normlab.norm import batch_stats, norm_layers, unbiased, values_per_channel
+from normlab.norm import batch_stats, norm_layers, values_per_channel
 
 
 @torch.no_grad()
 def recompute_population_stats(
     model: nn.Module, batches: Iterable[Tensor], forward: Callable[[Tensor], Tensor] | None = None
 ) -> int:
-    """Set every batch-dependent norm layer's population stats to exact averages over ``batches``.
+    """Replace every batch-dependent norm layer's moving averages by exact averages over
+    ``batches``, of the same quantities the averages track.
 
-    ``model`` runs its training-mode forward on each batch, with the running stats held at their
-    current values; each layer's input mean and unbiased variance are averaged with equal weight
-    per batch (what the EMA estimates, without its lag). Nothing else of the model changes:
-    parameters are never touched, and buffers, momentum, the train/eval flag and diagnostics
-    switches are restored. Returns the number of batches used. Layers that saw no batch with
-    more than one value per channel keep their previous variance.
+    ``model`` runs its training-mode forward on each batch with the running stats held at their
+    current values, and each layer's input statistics are recorded. The layer's own running
+    update is then replayed over the recorded batches with momentum ``1/(k+1)``, which turns its
+    exponential average into the plain mean with equal weight per batch: the mean and unbiased
+    variance for ``batch``/``moving_average``, the mean and ``sigma_B = sqrt(var_B + eps)`` for
+    ``renorm`` (whose inference divides by the average batch standard deviation it trained
+    against). Nothing else of the model changes: parameters are never touched, and the other
+    buffers, momentum, the train/eval flag and diagnostics switches are restored. Returns the
+    number of batches used.
     """
     layers = norm_layers(model)
-    sums: dict[str, list] = {name: [0.0, 0.0, 0] for name in layers}
+    records: dict[str, list[tuple[Tensor, Tensor, int]]] = {name: [] for name in layers}
     saved = _freeze(layers)
     handles = [
-        layer.register_forward_pre_hook(_accumulator(sums[name])) for name, layer in layers.items()
+        layer.register_forward_pre_hook(_recorder(records[name])) for name, layer in layers.items()
     ]
     was_training = model.training
     model.train()
-    count = 0
     try:
         for batch in batches:
             (forward or model)(batch)
-            count += 1
     finally:
         model.train(was_training)
         for handle in handles:
             handle.remove()
         _thaw(layers, saved)
     for name, layer in layers.items():
-        mean_sum, var_sum, var_count = sums[name]
-        if count:
-            mean = mean_sum / count
-            var = var_sum / var_count if var_count else layer.population_stats()[1]
-            layer.set_population_stats(mean, var)
-    return count
+        _replay_as_exact_average(layer, records[name])
+    return min((len(r) for r in records.values()), default=0)
 
 
-def _accumulator(totals: list) -> Callable:
+def _recorder(records: list[tuple[Tensor, Tensor, int]]) -> Callable:
     def hook(module: nn.Module, args: tuple[Tensor, ...]) -> None:
         x = args[0]
-        mean, var = batch_stats(x)
-        n = values_per_channel(x)
-        totals[0] = totals[0] + mean
-        if n > 1:
-            totals[1] = totals[1] + unbiased(var, n)
-            totals[2] += 1
+        records.append((*batch_stats(x), values_per_channel(x)))
 
     return hook
+
+
+def _replay_as_exact_average(layer: nn.Module, records: list[tuple[Tensor, Tensor, int]]) -> None:
+    """Cumulative momentum 1/(k+1) makes the layer's EMA update an exact running mean; with one
+    value per channel the update leaves the variance as it was, as in training."""
+    if not records:
+        return
+    momentum, tracked = layer.momentum, layer.num_batches_tracked.clone()
+    for k, (mean, var, n) in enumerate(records):
+        layer.momentum = 1.0 / (k + 1)
+        layer.update_running(mean, var, n)
+    layer.momentum = momentum
+    layer.num_batches_tracked.copy_(tracked)
 
 
 def _freeze(layers: dict[str, nn.Module]) -> dict[str, tuple]:

@@ -172,7 +172,7 @@ def check_schedule(
 
 def _window_bounds(schedule: Schedule) -> list[tuple[float, str]]:
     if isinstance(schedule, Piecewise):
-        return [(at, "knot") for at, _ in schedule.knots]
+        return [(at, "window point") for at, _ in schedule.knots]
     if isinstance(schedule, Cosine):
         return [(schedule.begin, "begin"), (schedule.finish, "finish")]
     return []
