@@ -77,17 +77,17 @@ def run_status(run_dir: Path, summary: Mapping[str, Any]) -> str:
 
 def _run_row(run_dir: Path) -> dict[str, Any]:
     summary = read_summary(run_dir)
-    row: dict[str, Any] = {
-        "run_dir": str(run_dir),
-        "run_id": run_dir.name,
-        "sweep": run_dir.parent.name,
-    }
-    row.update({f"config.{k}": v for k, v in read_config(run_dir).items()})
-    scalars = {k: v for k, v in summary.items() if not isinstance(v, Mapping)}
-    row.update(scalars)
+    row: dict[str, Any] = {f"config.{k}": v for k, v in read_config(run_dir).items()}
+    row.update({k: v for k, v in summary.items() if not isinstance(v, Mapping)})
     for group in ("final", "best"):
         row.update(summary.get(group, {}))
-    row["status"] = run_status(run_dir, summary)
+    # where the record is now, not where it was written: results move between machines
+    row.update(
+        run_dir=str(run_dir),
+        run_id=run_dir.name,
+        sweep=run_dir.parent.name,
+        status=run_status(run_dir, summary),
+    )
     return row
 
 
