@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -16,6 +17,16 @@ REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache" / "normlab"
 # Small but real: a 3-layer 1-D CNN on MNIST-1D; every test run uses the shared data cache.
 FAST = ["data.train_size=512", "data.val_size=256", "eval.train_subset=128", f"paths.cache={CACHE}"]
+
+
+@pytest.fixture(scope="module")
+def float64_module():
+    """float64 as the default dtype for one test module's references, restored afterwards.
+    Set in a fixture, not at import: collection imports every test module before any runs."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 @pytest.fixture

@@ -20,13 +20,7 @@ from normlab.norm import (
 SHAPES = [(8, 5), (8, 5, 7), (4, 5, 3, 6)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _float64():
-    # set here, not at import: collection imports every test module before any test runs
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_module")
 
 
 def dims_of(x):

@@ -9,13 +9,7 @@ from normlab.norm import OnlineNorm, build_norm, is_batch_dependent, linear_scan
 SHAPES = [(6, 5), (6, 5, 7), (4, 5, 3, 6)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _float64():
-    # set here, not at import: collection imports every test module before any test runs
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_module")
 
 
 class PaperOnlineNorm:

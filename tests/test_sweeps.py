@@ -23,6 +23,19 @@ TINY = ("steps=6", "eval_every=3", "eval.train_subset=64", "data.val_size=64")
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
+def multirun_command(results: Path, sweep: str, *args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "normlab.train",
+        "-m",
+        f"paths.results={results}",
+        f"sweep={sweep}",
+        *FAST,
+        *args,
+    ]
+
+
 def summaries(results: Path, sweep: str) -> list[dict]:
     paths = sorted((results / "runs" / sweep).glob("*/summary.json"))
     return [json.loads(p.read_text()) for p in paths]
@@ -48,20 +61,15 @@ def test_basic_launcher_sweep_records_every_run_and_refills_only_missing(cli, tm
 @pytest.mark.slow
 def test_joblib_launcher_two_jobs_never_share_a_run_directory(tmp_path):
     results = tmp_path / "results"
-    command = [
-        sys.executable,
-        "-m",
-        "normlab.train",
-        "-m",
+    command = multirun_command(
+        results,
+        "parallel",
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
-        f"paths.results={results}",
-        "sweep=parallel",
-        *FAST,
         "norm=batch,moving_average",
         "seed=0,0,1",
         *TINY,
-    ]
+    )
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = summaries(results, "parallel")
@@ -75,19 +83,14 @@ def test_joblib_launcher_two_jobs_never_share_a_run_directory(tmp_path):
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_a_sweep(tmp_path):
     results = tmp_path / "results"
-    command = [
-        sys.executable,
-        "-m",
-        "normlab.train",
-        "-m",
+    command = multirun_command(
+        results,
+        "local",
         "hydra/launcher=submitit_local",
         "hydra.launcher.timeout_min=5",
-        f"paths.results={results}",
-        "sweep=local",
-        *FAST,
         "norm=batch,renorm",
         *TINY,
-    ]
+    )
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = summaries(results, "local")
@@ -115,18 +118,13 @@ def test_preempted_submitit_job_checkpoints_requeues_and_resumes(tmp_path):
         timeout=300,
     )
     results = tmp_path / "results"
-    command = [
-        sys.executable,
-        "-m",
-        "normlab.train",
-        "-m",
+    command = multirun_command(
+        results,
+        "preempt",
         "hydra/launcher=submitit_requeue",
         "hydra.launcher.timeout_min=10",
-        f"paths.results={results}",
-        "sweep=preempt",
-        *FAST,
         *args,
-    ]
+    )
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     lock, metrics = _wait_for_run(results / "runs" / "preempt", process, rows=5)
     _host, pid, _ = lock.read_text().split()

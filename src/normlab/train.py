@@ -28,7 +28,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from normlab.checkpoint import CHECKPOINT_FILE
-from normlab.config import ConfigError, RunConfig, register_configs, run_id, validate
+from normlab.config import ConfigError, RunConfig, Shown, register_configs, run_id, validate
 from normlab.data import DataError, Dataset, load_dataset
 from normlab.files import RunLock
 from normlab.loggers import METRICS_FILE, RunRecord, read_summary
@@ -155,9 +155,8 @@ def _build_checked_model(config: RunConfig, data: Dataset) -> torch.nn.Module:
     try:
         return build_run_model(config, data)
     except ValueError as error:
-        raise ConfigError(
-            "model", f"{config.model.name} on {config.data.name} {data.input_shape}", str(error)
-        ) from None
+        shown = Shown(f"{config.model.name} on {config.data.name} inputs {data.input_shape}")
+        raise ConfigError("model", shown, str(error)) from None
 
 
 def build_run_model(config: RunConfig, data: Dataset) -> torch.nn.Module:
