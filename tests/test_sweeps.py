@@ -232,3 +232,23 @@ def test_wandb_offline_runs_carry_group_tags_config_and_history(cli, tmp_path, m
         logged = [h["val_acc_eval"] for h in seen[name] if "val_acc_eval" in h]
         assert logged == pytest.approx(metrics["val_acc_eval"].tolist())
     assert _wandb_processes() <= before, "wandb-core exits with each run"
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "submitit_requeue", "joblib"])
+def test_launcher_configs_compose_with_normlab_hooks(launcher):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    target = cfg.hydra.launcher._target_
+    if launcher == "slurm":
+        assert target.endswith("normlab_launcher.SlurmLauncher")
+        assert cfg.hydra.launcher.signal_delay_s > 0 and cfg.hydra.launcher.max_num_timeout > 0
+    elif launcher == "submitit_requeue":
+        assert target.endswith("normlab_launcher.LocalLauncher")
+    else:
+        assert cfg.hydra.launcher.n_jobs
+        return
+    from hydra.utils import get_class
+
+    assert callable(get_class(target).checkpoint), "submitit's preemption hook"
