@@ -214,6 +214,7 @@ class Trainer:
         self.base_lr = scaled_lr(run)
         self.norms = norm_layers(model)
         self.params = list(model.parameters())  # walking the module tree per step costs us
+        self.renorms = [layer for layer in self.norms.values() if isinstance(layer, BatchRenorm)]
         self.momentum = build_schedule(**schedule_kwargs(run.momentum))
         self.rmax = build_schedule(**schedule_kwargs(run.renorm.rmax))
         self.dmax = build_schedule(**schedule_kwargs(run.renorm.dmax))
@@ -290,37 +291,31 @@ class Trainer:
     def _iteration(self) -> None:
         """One step and whatever falls due after it; signals wait until it is over."""
         self._train_step()
-        if self._due(self.run.divergence.check_every):
+        log_due = self._due(self.eval_every) or self.step == self.total
+        if log_due or self._due(self.run.divergence.check_every):
             self._check_divergence()
-        if self.divergence is None and (self._due(self.eval_every) or self.step == self.total):
-            self._check_divergence()
-            if self.divergence is None:
-                self._log_row()
-                self._maybe_checkpoint()
+        if log_due and self.divergence is None:
+            self._log_row()
+            self._maybe_checkpoint()
 
     def _due(self, every: int) -> bool:
         return self.step % every == 0
 
     def _apply_schedules(self) -> float:
-        step, total = self.step, self.total
-        lr = self.base_lr * lr_factor(step, total, self.run)
+        values = self._schedule_values(self.step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        # Each value is computed once per step and written only where a layer holds another
-        # one: a write goes through nn.Module.__setattr__ and the setter's check (~2 us a layer).
-        momentum = self.momentum(step, total)
-        rmax = dmax = None
+            group["lr"] = values["lr"]
+        # written only where a layer holds another value: a write goes through
+        # nn.Module.__setattr__ and the setter's check (~2 us a layer)
         for layer in self.norms.values():
-            if layer.momentum != momentum:
-                layer.momentum = momentum
-            if isinstance(layer, BatchRenorm):
-                if rmax is None:
-                    rmax, dmax = self.rmax(step, total), self.dmax(step, total)
-                if layer.rmax != rmax:
-                    layer.rmax = rmax
-                if layer.dmax != dmax:
-                    layer.dmax = dmax
-        return lr
+            if layer.momentum != values["momentum"]:
+                layer.momentum = values["momentum"]
+        for layer in self.renorms:
+            if layer.rmax != values["rmax"]:
+                layer.rmax = values["rmax"]
+            if layer.dmax != values["dmax"]:
+                layer.dmax = values["dmax"]
+        return values["lr"]
 
     def _train_step(self) -> None:
         started = time.perf_counter()
@@ -332,7 +327,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.run.optim.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.run.optim.grad_clip)
+            nn.utils.clip_grad_norm_(self.params, self.run.optim.grad_clip)
         self.optimizer.step()
         self.window.add(loss.detach(), logits.detach(), y)
         self.step += 1
@@ -353,10 +348,8 @@ class Trainer:
         started = time.perf_counter()
         row: dict[str, Any] = self._schedule_values(max(self.step - 1, 0))
         row.update(self.window.collect())
-        row["grad_norm"] = total_norm(
-            [p.grad for p in self.model.parameters() if p.grad is not None]
-        )
-        row["param_norm"] = total_norm([p.detach() for p in self.model.parameters()])
+        row["grad_norm"] = total_norm([p.grad for p in self.params if p.grad is not None])
+        row["param_norm"] = total_norm([p.detach() for p in self.params])
         row.update(self._norm_diagnostics())
         row.update(self.evaluate())
         if self.divergence is None and "prenorm_rms_max" in row:
@@ -377,7 +370,7 @@ class Trainer:
             "lr": self.base_lr * lr_factor(step, self.total, self.run),
             "momentum": self.momentum(step, self.total),
         }
-        if any(isinstance(layer, BatchRenorm) for layer in self.norms.values()):
+        if self.renorms:
             values["rmax"] = self.rmax(step, self.total)
             values["dmax"] = self.dmax(step, self.total)
         return values
