@@ -9,6 +9,9 @@ the median over repetitions, relative to native, after a warm-up.
     python scripts/bench_norm.py --threads 2 --reps 300
     python scripts/bench_norm.py --device cuda        # synchronizes around every timing
     python scripts/bench_norm.py --diagnostics off    # layers skip their per-step diagnostics
+
+On CPU, moving_average and renorm run their compiled training step (normlab.kernels); the
+"[pytorch path]" rows time the same layers with ``compiled_step = False``.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ from torch import Tensor, nn
 from normlab.norm import MODES, build_norm
 
 SHAPES = ((32, 64, 16, 16), (128, 256), (1, 256))
-# (row label, mode, options); options beyond the defaults get their own row
+# (row label, mode, build_norm options, layer attributes); variants of a mode get their own row
 EXTRA_ROWS = (
-    ("moving_average grad_through_batch", "moving_average", {"grad_through_batch": True}),
+    ("moving_average grad_through_batch", "moving_average", {"grad_through_batch": True}, {}),
+    ("moving_average [pytorch path]", "moving_average", {}, {"compiled_step": False}),
+    ("renorm [pytorch path]", "renorm", {}, {"compiled_step": False}),
 )
 
 
@@ -77,11 +82,13 @@ def candidates_for(
     if not native_trains:
         native.eval()  # the reference for this shape: native eval-mode forward+backward
     out = [make_candidate("native", native, x, grad)]
-    rows = [(mode, mode, {}) for mode in MODES] + list(EXTRA_ROWS)
-    for label, mode, options in rows:
+    rows = [(mode, mode, {}, {}) for mode in MODES] + list(EXTRA_ROWS)
+    for label, mode, options, attributes in rows:
         layer = build_norm(mode, shape[1], groups=min(32, shape[1]), **options).to(device)
         if hasattr(layer, "track_diagnostics"):
             layer.track_diagnostics = diagnostics
+        for name, value in attributes.items():
+            setattr(layer, name, value)
         out.append(make_candidate(label, layer, x, grad))
     return out, native_trains
 

@@ -29,6 +29,19 @@ def float64_module():
     torch.set_default_dtype(previous)
 
 
+@pytest.fixture(params=["compiled", "pytorch"])
+def step_path(request, monkeypatch):
+    """Runs a test once per training-step path of moving_average and renorm: the compiled CPU
+    op (which must build here) and the pure-PyTorch layers. Layers built in the test take it."""
+    from normlab import kernels
+
+    compiled = request.param == "compiled"
+    if compiled:
+        assert kernels.extension() is not None, "the compiled norm kernels failed to build"
+    monkeypatch.setattr(kernels, "ENABLED", compiled)
+    return request.param
+
+
 @pytest.fixture
 def compose_config(tmp_path):
     """``compose_config(*overrides)``: the composed config, results under ``tmp_path``."""

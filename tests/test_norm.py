@@ -20,7 +20,9 @@ from normlab.norm import (
 SHAPES = [(8, 5), (8, 5, 7), (4, 5, 3, 6)]
 
 
-pytestmark = pytest.mark.usefixtures("float64_module")
+# every test twice: moving_average and renorm through the compiled CPU step and through the
+# pure-PyTorch layers, against the same references
+pytestmark = pytest.mark.usefixtures("float64_module", "step_path")
 
 
 def dims_of(x):

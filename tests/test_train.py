@@ -48,6 +48,7 @@ def test_one_run_writes_its_record(cli):
     assert summary["status"] == "completed" and summary["steps"] == 40
     assert summary["final"]["val_acc_eval"] == pytest.approx(last["val_acc_eval"])
     assert summary["samples_per_s"] > 0
+    assert summary["compiled_norm_step"] is True, "a CPU renorm run takes the compiled step"
 
 
 def test_runs_are_deterministic_on_cpu(cli, tmp_path):

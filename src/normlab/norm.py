@@ -16,7 +16,11 @@ Conventions shared by all modes:
 * Batch size 1 never raises. For ``batch``, one value per channel makes ``x - mu_B`` exactly 0,
   so the layer outputs ``bias`` whatever the input, and no gradient reaches the input: the
   "every example turns to zero" failure, shown rather than hidden.
-* ``online`` is the exception to the two points above: its statistics are updated sample by
+* On CPU, the training steps of ``moving_average`` (with ``grad_through_batch=False``) and
+  ``renorm`` run as one compiled op each (:mod:`normlab.kernels`, same equations; the tests run
+  both paths); ``compiled_step = False`` on a layer, or ``NORMLAB_KERNELS=off``, keeps the
+  pure-PyTorch path.
+* ``online`` is the exception to the first two points: its statistics are updated sample by
   sample with the paper's decay ``alpha_fwd`` (``momentum`` is ignored, except that 0 freezes
   them), and ``running_var`` is its streaming variance estimate; see :class:`OnlineNorm`.
 
@@ -34,6 +38,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from normlab import kernels
 
 MODES = ("batch", "moving_average", "renorm", "online", "group", "layer", "none")
 UPDATE_ORDERS = ("before", "after")
@@ -194,19 +200,27 @@ class NormDiagnostics:
     data) and, for renorm, the fractions of channels whose r or d was clipped. Nothing is copied
     to the host until :meth:`collect`, so recording costs no device sync.
 
-    :meth:`record` only snapshots the raw statistics (one stack); the ratios above are computed
-    for up to :attr:`FOLD_EVERY` steps at once when the window is read or the buffer fills, so
-    that the per-step cost stays one small op instead of a dozen.
+    Each step only writes its raw statistics into one row of a preallocated buffer
+    (:meth:`slot`, filled by the layer or by :meth:`record`); the ratios above are computed for
+    up to :attr:`FOLD_EVERY` steps at once when the window is read or the buffer fills, so that
+    the per-step cost stays one small op instead of a dozen.
     """
 
     CHANNEL_FIELDS = ("mean_shift", "std_ratio")
     SCALAR_FIELDS = ("prenorm_mean", "prenorm_rms")
     CLIP_FIELDS = ("r_clip_frac", "d_clip_frac")
+    # rows of one step's raw record; renorm adds one row per CLIP_FIELDS entry (1 = clipped)
+    RAW_ROWS = ("batch_mean", "batch_var", "ref_mean", "ref_std")
     FOLD_EVERY = 64
 
     def __init__(self, num_features: int, with_clipping: bool = False) -> None:
         self.num_features = num_features
+        self.with_clipping = with_clipping
         self.fields = self.SCALAR_FIELDS + (self.CLIP_FIELDS if with_clipping else ())
+        self.rows = len(self.RAW_ROWS) + (len(self.CLIP_FIELDS) if with_clipping else 0)
+        self._buffer: Tensor | None = None
+        self._slots: tuple[Tensor, ...] = ()
+        self._like: Tensor | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -214,9 +228,7 @@ class NormDiagnostics:
         self._channel_sums: Tensor | None = None
         self._scalar_sums: Tensor | None = None
         self._last: Tensor | None = None
-        # per step: (4, C) rows of batch mean, batch variance, reference mean, reference std
-        self._pending: list[Tensor] = []
-        self._pending_clips: list[Tensor] = []
+        self._pending = 0  # steps recorded in the buffer and not yet folded
         self._pending_eps = 0.0
 
     @property
@@ -229,7 +241,31 @@ class NormDiagnostics:
         self._fold()
         return None if self._last is None else self._last[1]
 
-    @torch.no_grad()
+    def slot(self, like: Tensor, eps: float) -> Tensor:
+        """This step's raw record, ``(rows, C)`` with ``like``'s dtype and device, for the layer
+        to fill with the rows :data:`RAW_ROWS` (``ref_*``: mu and sigma before this step's
+        update; ``batch_var`` biased) and, for renorm, the r and d clip indicators.
+
+        ``like`` is the layer's running mean: while it is the same tensor object as at the last
+        call, the buffer still fits (moving a module to another device or dtype replaces it).
+        """
+        if like is not self._like:
+            self._fit_buffer(like)
+        if self._pending and (self._pending == self.FOLD_EVERY or eps != self._pending_eps):
+            self._fold()
+        self._pending_eps = eps
+        self.steps += 1
+        self._pending += 1
+        return self._slots[self._pending - 1]
+
+    def _fit_buffer(self, like: Tensor) -> None:
+        buffer = self._buffer
+        if buffer is None or buffer.dtype != like.dtype or buffer.device != like.device:
+            self._fold()
+            buffer = like.new_empty((self.FOLD_EVERY, self.rows, self.num_features))
+            self._buffer, self._slots = buffer, buffer.unbind(0)  # views made once, not per step
+        self._like = like
+
     def record(
         self,
         batch_mean: Tensor,
@@ -239,31 +275,30 @@ class NormDiagnostics:
         eps: float,
         clipped: tuple[Tensor, Tensor] = (),
     ) -> None:
-        if self._pending and eps != self._pending_eps:
-            self._fold()
-        # stack copies: later in-place updates of the reference buffers do not reach the record
-        self._pending.append(torch.stack((batch_mean, batch_var, ref_mean, ref_std)))
-        if clipped:
-            self._pending_clips.append(torch.stack(clipped))
-        self._pending_eps = eps
-        self.steps += 1
-        if len(self._pending) >= self.FOLD_EVERY:
-            self._fold()
+        """Write one step's record from separate tensors (none may require grad)."""
+        rows = (
+            batch_mean,
+            batch_var,
+            ref_mean,
+            ref_std,
+            *(c.to(batch_mean.dtype) for c in clipped),
+        )
+        torch.stack(rows, out=self.slot(batch_mean, eps))
 
     @torch.no_grad()
     def _fold(self) -> None:
         """Turn the pending raw records into per-step diagnostics and add them to the sums."""
         if not self._pending:
             return
-        batch_mean, batch_var, ref_mean, ref_std = torch.stack(self._pending).unbind(1)
+        raw = self._buffer[: self._pending]
+        batch_mean, batch_var, ref_mean, ref_std = raw[:, : len(self.RAW_ROWS)].unbind(1)
         mean_shift = (batch_mean - ref_mean).abs_().div_(ref_std)
         std_ratio = (batch_var + self._pending_eps).sqrt_().div_(ref_std)
         channels = torch.stack((mean_shift, std_ratio), dim=1)  # (steps, 2, C)
         rms = (batch_var + batch_mean.square()).mean(dim=-1).sqrt_()
         scalars = [batch_mean.mean(dim=-1), rms]
-        if self._pending_clips:
-            clips = torch.stack(self._pending_clips).to(batch_mean.dtype).mean(dim=-1)
-            scalars.extend(clips.unbind(1))
+        if self.with_clipping:
+            scalars.extend(raw[:, len(self.RAW_ROWS) :].mean(dim=-1).unbind(1))
         channel_sums, scalar_sums = channels.sum(dim=0), torch.stack(scalars, dim=1).sum(dim=0)
         if self._channel_sums is None:
             self._channel_sums, self._scalar_sums = channel_sums, scalar_sums
@@ -271,7 +306,7 @@ class NormDiagnostics:
             self._channel_sums += channel_sums
             self._scalar_sums += scalar_sums
         self._last = channels[-1]
-        self._pending, self._pending_clips = [], []
+        self._pending = 0
 
     def state_dict(self) -> dict[str, object]:
         """The open window (step count and sums), for checkpoints; tensors stay on device."""
@@ -325,6 +360,10 @@ class _RunningStatsNorm(nn.Module):
         self._register_spread_buffer()
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
         self.track_diagnostics = True
+        # moving_average and renorm: run the training step as one compiled CPU op where it
+        # applies (normlab.kernels); False keeps the pure-PyTorch path, which is otherwise
+        # used on GPU and wherever the extension cannot be built
+        self.compiled_step = kernels.ENABLED
         self.diagnostics = NormDiagnostics(num_features, with_clipping=self.clips)
 
     clips = False
@@ -367,6 +406,13 @@ class _RunningStatsNorm(nn.Module):
         if n > 1:
             self.running_var.lerp_(unbiased(var, n), self.momentum)
         self.num_batches_tracked += 1
+
+    def diagnostics_slot(self) -> Tensor | None:
+        """Where this step's raw diagnostics go (see :meth:`NormDiagnostics.slot`), or None
+        when they are switched off."""
+        if not self.track_diagnostics:
+            return None
+        return self.diagnostics.slot(self._buffers["running_mean"], self.eps)
 
     def _record(self, mean: Tensor, var: Tensor, clipped: tuple[Tensor, Tensor] = ()) -> None:
         if self.track_diagnostics:
@@ -502,6 +548,8 @@ class MovingAverageNorm(_RunningStatsNorm):
         self._check_input(x)
         if not self.training:
             return self._eval_forward(x)
+        if not self.grad_through_batch and kernels.applies(x, self):
+            return kernels.moving_average_step(self, x)
         n = values_per_channel(x)
         mean, var = batch_stats(x)
         self._record(mean, var)
@@ -547,8 +595,10 @@ class BatchRenorm(_RunningStatsNorm):
     ``(x - mu) / sigma``. With ``rmax = 1, dmax = 0`` training equals :class:`BatchNorm` exactly;
     only the running estimate differs (EMA of ``sigma_B`` rather than of the unbiased variance).
 
-    r and d are folded into the affine of the fused kernel (``weight * r``, ``weight * d + bias``)
-    instead of composing elementwise ops.
+    r and d are folded into the affine of the normalization (``weight * r``, ``weight * d + bias``)
+    instead of composing elementwise ops: on CPU the whole step (statistics, r and d, running
+    updates, diagnostics, output) is one compiled op (:mod:`normlab.kernels`), elsewhere one
+    fused batch-norm kernel after a few per-channel ops.
 
     Batch size 1 on ``(1, C)``: ``sigma_B = sqrt(eps)`` and ``x - mu_B = 0``, so ``x_hat = d``:
     the output carries ``clip((x - mu)/sigma)`` forward but, d being a constant, no gradient
@@ -630,8 +680,11 @@ class BatchRenorm(_RunningStatsNorm):
         self._check_input(x)
         if not self.training:
             return self._eval_forward(x)
+        if kernels.applies(x, self):
+            return kernels.renorm_step(self, x)
         with torch.no_grad():
-            if x.dim() > 2 and x.device.type == "cpu":
+            # one value per channel: normalizing the centered zeros keeps x_hat exactly d
+            if (x.dim() > 2 and x.device.type == "cpu") or values_per_channel(x) == 1:
                 mean, var, centered = _two_pass_stats_keeping_centered(x)
             else:
                 (mean, var), centered = batch_stats(x), None

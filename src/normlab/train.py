@@ -27,6 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from normlab import kernels
 from normlab.checkpoint import CHECKPOINT_FILE
 from normlab.config import ConfigError, RunConfig, Shown, register_configs, run_id, validate
 from normlab.data import DataError, Dataset, load_dataset
@@ -264,6 +265,8 @@ def _identity(
         "device_name": _device_name(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        # moving_average and renorm steps: the compiled CPU op or the pure-PyTorch layers
+        "compiled_norm_step": kernels.available_on(device),
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "started_at": _now(),
