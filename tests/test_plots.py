@@ -257,36 +257,31 @@ def write_run(root: Path, spec, sweep: str = "study") -> Path:
     return run_dir
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("results")
-    for spec in RUNS:
+def written_runs(tmp_path_factory, name: str, specs) -> Path:
+    root = tmp_path_factory.mktemp(name)
+    for spec in specs:
         write_run(root, spec)
     return root
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    return written_runs(tmp_path_factory, "results", RUNS)
 
 
 @pytest.fixture(scope="module")
 def non_iid_results(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("results_non_iid")
-    for spec in NON_IID_RUNS:
-        write_run(root, spec)
-    return root
+    return written_runs(tmp_path_factory, "results_non_iid", NON_IID_RUNS)
 
 
 @pytest.fixture(scope="module")
 def precise_results(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("results_precise")
-    for spec in PRECISE_RUNS:
-        write_run(root, spec)
-    return root
+    return written_runs(tmp_path_factory, "results_precise", PRECISE_RUNS)
 
 
 @pytest.fixture(scope="module")
 def ghost_results(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("results_ghost")
-    for spec in GHOST_RUNS:
-        write_run(root, spec)
-    return root
+    return written_runs(tmp_path_factory, "results_ghost", GHOST_RUNS)
 
 
 @pytest.fixture(scope="module")

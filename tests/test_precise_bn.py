@@ -47,17 +47,21 @@ def hand_stats(model: nn.Sequential, data: list[torch.Tensor], second_norm_uses_
     return average(first), average(second)
 
 
+def assert_population_stats(model, expected):
+    """The two norm layers' (running mean, running var) against the hand-computed pairs."""
+    for layer, (mean, var) in zip((model[1], model[4]), expected, strict=True):
+        torch.testing.assert_close(layer.running_mean, mean)
+        torch.testing.assert_close(layer.running_var, var)
+
+
 @pytest.mark.usefixtures("_float64")
 @torch.no_grad()
 def test_batch_mode_stats_are_exact_averages_over_the_batches():
     model = two_layer("batch")
     data = batches()
-    (m1, v1), (m2, v2) = hand_stats(model, data, second_norm_uses_ema=False)
+    expected = hand_stats(model, data, second_norm_uses_ema=False)
     assert recompute_population_stats(model, data) == 5
-    torch.testing.assert_close(model[1].running_mean, m1)
-    torch.testing.assert_close(model[1].running_var, v1)
-    torch.testing.assert_close(model[4].running_mean, m2)
-    torch.testing.assert_close(model[4].running_var, v2)
+    assert_population_stats(model, expected)
 
 
 @pytest.mark.usefixtures("_float64")
@@ -67,12 +71,9 @@ def test_moving_average_layers_keep_normalizing_with_their_trained_statistics():
     model[1].running_mean.fill_(0.5)
     model[1].running_var.fill_(4.0)
     data = batches()
-    (m1, v1), (m2, v2) = hand_stats(model, data, second_norm_uses_ema=True)
+    expected = hand_stats(model, data, second_norm_uses_ema=True)
     recompute_population_stats(model, data)
-    torch.testing.assert_close(model[1].running_mean, m1)
-    torch.testing.assert_close(model[1].running_var, v1)
-    torch.testing.assert_close(model[4].running_mean, m2)
-    torch.testing.assert_close(model[4].running_var, v2)
+    assert_population_stats(model, expected)
 
 
 @pytest.mark.usefixtures("_float64")
