@@ -2,9 +2,11 @@
 
 ``csrc/fused_norm.cpp`` does one training step of each layer as one op: statistics, the
 per-channel algebra (r, d, clipping, running updates, diagnostics) in one loop, the output in
-one pass, and ATen's batch-norm backward. On small inputs the pure-PyTorch path spends most of
-its time dispatching a dozen tiny per-channel ops; this is what brings those layers to the speed
-of the native kernel (``scripts/bench_norm.py`` shows both paths side by side).
+one pass; backward, ATen's training-mode batch-norm backward for renorm and one pass of its own
+for moving_average (whose statistics are constants). On small inputs the pure-PyTorch path
+spends most of its time dispatching a dozen tiny per-channel ops; this is what brings those
+layers to the speed of the native kernel (``scripts/bench_norm.py`` shows both paths side by
+side).
 
 The extension is built on first use by torch's C++ extension loader (a C++ compiler and ninja,
 about half a minute once; cached under ``TORCH_EXTENSIONS_DIR``, by default
@@ -72,7 +74,7 @@ def extension() -> ModuleType | None:
     except Exception as error:  # any build failure falls back to the pure-PyTorch layers
         warnings.warn(
             f"normlab: compiled norm kernels unavailable, using the pure-PyTorch path "
-            f"({type(error).__name__}: {str(error).strip().splitlines()[-1:]})",
+            f"({type(error).__name__}: {(str(error).strip().splitlines() or [''])[-1]})",
             RuntimeWarning,
             stacklevel=2,
         )
