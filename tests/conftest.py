@@ -19,6 +19,16 @@ CACHE = REPO / ".cache" / "normlab"
 FAST = ["data.train_size=512", "data.val_size=256", "eval.train_subset=128", f"paths.cache={CACHE}"]
 
 
+def randomize_affine(layer, seed=0):
+    """Weights in [0.5, 1.5) and normal biases, the same for the same seed: references must not
+    pass by the grace of the identity affine."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        layer.weight.copy_(torch.rand(layer.weight.shape, generator=g) + 0.5)
+        layer.bias.copy_(torch.randn(layer.bias.shape, generator=g))
+    return layer
+
+
 @pytest.fixture(scope="module")
 def float64_module():
     """float64 as the default dtype for one test module's references, restored afterwards.

@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import randomize_affine
 
 from normlab import kernels
 from normlab.norm import build_norm
@@ -26,15 +27,10 @@ def extension():
 
 def layer_pair(mode, channels, seed=0):
     """The same layer twice: compiled step, pure-PyTorch step."""
-    g = torch.Generator().manual_seed(seed)
     layers = []
     for compiled in (True, False):
-        layer = build_norm(mode, channels, **OPTIONS[mode])
+        layer = randomize_affine(build_norm(mode, channels, **OPTIONS[mode]), seed)
         layer.compiled_step = compiled
-        with torch.no_grad():
-            layer.weight.copy_(torch.rand(channels, generator=g) + 0.5)
-            layer.bias.copy_(torch.randn(channels, generator=g))
-        g.manual_seed(seed)
         layers.append(layer)
     return layers
 

@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from conftest import randomize_affine
 from torch import nn
 
 from normlab.norm import (
@@ -31,14 +32,6 @@ def dims_of(x):
 
 def per_channel(t, x):
     return t.view(1, -1, *([1] * (x.dim() - 2)))
-
-
-def randomize_affine(layer, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        layer.weight.copy_(torch.rand(layer.weight.shape, generator=g) + 0.5)
-        layer.bias.copy_(torch.randn(layer.bias.shape, generator=g))
-    return layer
 
 
 def torch_bn(shape, momentum):

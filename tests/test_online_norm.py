@@ -3,6 +3,7 @@ written out here sample by sample in float64, independent of the layer's vectori
 
 import pytest
 import torch
+from conftest import randomize_affine
 
 from normlab.norm import OnlineNorm, build_norm, is_batch_dependent, linear_scan, norm_layers
 
@@ -61,14 +62,6 @@ class PaperOnlineNorm:
         return torch.stack(grads), dgamma, dbeta
 
 
-def random_affine(layer, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        layer.weight.copy_(torch.rand(layer.weight.shape, generator=g) + 0.5)
-        layer.bias.copy_(torch.randn(layer.bias.shape, generator=g))
-    return layer
-
-
 def batches(shape, steps, seed=0):
     g = torch.Generator().manual_seed(seed)
     # per-channel offsets and scales so the running statistics have something to track
@@ -90,7 +83,9 @@ def train_step(layer, x, g):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize(("alpha_fwd", "alpha_bkw"), [(0.999, 0.99), (0.6, 0.7)])
 def test_online_matches_paper_sample_by_sample(shape, alpha_fwd, alpha_bkw):
-    layer = random_affine(build_norm("online", shape[1], alpha_fwd=alpha_fwd, alpha_bkw=alpha_bkw))
+    layer = randomize_affine(
+        build_norm("online", shape[1], alpha_fwd=alpha_fwd, alpha_bkw=alpha_bkw)
+    )
     paper = PaperOnlineNorm(shape[1], alpha_fwd, alpha_bkw, layer.eps)
     gamma, beta = layer.weight.detach().clone(), layer.bias.detach().clone()
     dgamma, dbeta = 0, 0
@@ -127,8 +122,8 @@ def test_fully_connected_features_are_normalized_over_time_only():
 @pytest.mark.parametrize("shape", SHAPES)
 def test_one_batch_of_eight_equals_eight_batches_of_one(shape):
     shape = (8, *shape[1:])
-    whole = random_affine(build_norm("online", shape[1], alpha_fwd=0.8, alpha_bkw=0.9))
-    single = random_affine(build_norm("online", shape[1], alpha_fwd=0.8, alpha_bkw=0.9))
+    whole = randomize_affine(build_norm("online", shape[1], alpha_fwd=0.8, alpha_bkw=0.9))
+    single = randomize_affine(build_norm("online", shape[1], alpha_fwd=0.8, alpha_bkw=0.9))
     xs, gs = batches(shape, steps=2)
     for x, g in zip(xs, gs, strict=True):
         y, dx = train_step(whole, x, g)
@@ -155,7 +150,7 @@ def test_trains_at_batch_size_one(shape):
 
 
 def test_eval_uses_running_stats_and_changes_nothing():
-    layer = random_affine(build_norm("online", 3))
+    layer = randomize_affine(build_norm("online", 3))
     with torch.no_grad():
         layer.running_mean.copy_(torch.tensor([1.0, -2.0, 0.5]))
         layer.running_var.copy_(torch.tensor([4.0, 0.25, 1.0]))
