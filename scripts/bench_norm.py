@@ -10,7 +10,7 @@ the median over repetitions, relative to native, after a warm-up.
     python scripts/bench_norm.py --device cuda        # synchronizes around every timing
     python scripts/bench_norm.py --diagnostics off    # layers skip their per-step diagnostics
 
-On CPU, moving_average and renorm run their compiled training step (normlab.kernels); the
+On CPU, moving_average and renorm run their compiled training step (normlab.norms.kernels); the
 "[pytorch path]" rows time the same layers with ``compiled_step = False``.
 """
 
@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from normlab.norm import MODES, build_norm
+from normlab.norms import MODES, build_norm, registry
+from normlab.norms.options import option_names
 
 SHAPES = ((32, 64, 16, 16), (128, 256), (1, 256))
 # (row label, mode, build_norm options, layer attributes); variants of a mode get their own row
@@ -84,7 +85,9 @@ def candidates_for(
     out = [make_candidate("native", native, x, grad)]
     rows = [(mode, mode, {}, {}) for mode in MODES] + list(EXTRA_ROWS)
     for label, mode, options, attributes in rows:
-        layer = build_norm(mode, shape[1], groups=min(32, shape[1]), **options).to(device)
+        if "groups" in option_names(registry.get(mode).options):
+            options = {"groups": min(32, shape[1]), **options}
+        layer = build_norm(mode, shape[1], **options).to(device)
         if hasattr(layer, "track_diagnostics"):
             layer.track_diagnostics = diagnostics
         for name, value in attributes.items():

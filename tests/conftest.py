@@ -43,7 +43,7 @@ def float64_module():
 def step_path(request, monkeypatch):
     """Runs a test once per training-step path of moving_average and renorm: the compiled CPU
     op (which must build here) and the pure-PyTorch layers. Layers built in the test take it."""
-    from normlab import kernels
+    from normlab.norms import kernels
 
     compiled = request.param == "compiled"
     if compiled:

@@ -1,4 +1,4 @@
-"""The compiled CPU training steps (normlab.kernels): that they are the ones running, their
+"""The compiled CPU training steps (normlab.norms.kernels): that they are the ones running, their
 statistics against float64 references, and the engineering around them (autograd versions,
 fallback, dtype moves). Their equations are checked, both paths alike, in test_norm.py."""
 
@@ -9,8 +9,7 @@ import pytest
 import torch
 from conftest import randomize_affine
 
-from normlab import kernels
-from normlab.norm import build_norm
+from normlab.norms import build_norm, kernels
 
 OPTIONS = {
     "moving_average": {"momentum": 0.2},

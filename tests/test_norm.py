@@ -8,7 +8,7 @@ import torch
 from conftest import randomize_affine
 from torch import nn
 
-from normlab.norm import (
+from normlab.norms import (
     MODES,
     BatchNorm,
     BatchRenorm,
@@ -329,7 +329,7 @@ def test_group_and_layer_match_torch():
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape", [(1, 4), (1, 4, 9), (1, 4, 3, 3)])
 def test_every_mode_runs_at_batch_size_one(mode, shape):
-    layer = build_norm(mode, 4, groups=2)
+    layer = build_norm(mode, 4, **({"groups": 2} if mode == "group" else {}))
     x = torch.randn(shape, requires_grad=True)
     for _ in range(3):
         y = layer(x)
@@ -375,7 +375,7 @@ def test_diagnostics_average_over_steps_and_can_be_switched_off():
 def test_build_norm_types_and_plain_attributes():
     assert isinstance(build_norm("batch", 3), BatchNorm)
     assert isinstance(build_norm("moving_average", 3), MovingAverageNorm)
-    layer = build_norm("renorm", 3, rmax=3, dmax=5, groups=7)  # unused options are ignored
+    layer = build_norm("renorm", 3, rmax=3, dmax=5)
     assert isinstance(layer, BatchRenorm)
     layer.momentum, layer.rmax, layer.dmax = 0.01, 2.0, 1.0
     assert (layer.momentum, layer.rmax, layer.dmax) == (0.01, 2.0, 1.0)
@@ -394,6 +394,9 @@ def test_build_norm_types_and_plain_attributes():
         ("moving_average", {"update": "during"}, "update"),
         ("moving_average", {"update": "after", "grad_through_batch": True}, "grad_through_batch"),
         ("batch", {"decay": 0.9}, "decay"),
+        ("renorm", {"groups": 7}, "groups"),
+        ("online", {"alpha_fwd": 1.0}, "alpha_fwd"),
+        ("group", {"groups": 0}, "groups"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(mode, options, argument):
@@ -430,7 +433,7 @@ def test_diagnostics_state_dict_round_trip_continues_the_window():
 
 
 def configured(mode, channels, options):
-    layer = build_norm(mode, channels, groups=1, **options)
+    layer = build_norm(mode, channels, **({"groups": 1} if mode == "group" else {}), **options)
     if hasattr(layer, "weight") and layer.weight is not None:
         randomize_affine(layer)
     return layer

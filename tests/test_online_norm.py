@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import randomize_affine
 
-from normlab.norm import OnlineNorm, build_norm, is_batch_dependent, linear_scan, norm_layers
+from normlab.norms import OnlineNorm, build_norm, is_batch_dependent, linear_scan, norm_layers
 
 SHAPES = [(6, 5), (6, 5, 7), (4, 5, 3, 6)]
 
@@ -174,8 +174,11 @@ def test_buffers_are_in_state_dict_and_population_stats_round_trip():
 
 
 def test_registered_like_the_other_batch_dependent_layers():
-    layer = build_norm("online", 3, momentum=0.3, rmax=2.0, groups=4)  # unused options ignored
+    layer = build_norm("online", 3)
     assert isinstance(layer, OnlineNorm) and is_batch_dependent(layer)
+    assert type(layer).schedules == {}, "its statistics decay per sample: no momentum schedule"
+    with pytest.raises(ValueError, match="rmax"):
+        build_norm("online", 3, rmax=2.0)
     assert (layer.alpha_fwd, layer.alpha_bkw) == (0.999, 0.99)
     model = torch.nn.Sequential(torch.nn.Linear(2, 3), layer)
     assert norm_layers(model) == {"1": layer}

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from normlab.norm import build_norm
+from normlab.norms import build_norm
 from normlab.precise_bn import recompute_population_stats
 
 

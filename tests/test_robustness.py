@@ -105,7 +105,10 @@ BAD_INPUTS = [
     (["model=resnet20"], "model"),
     (["model.depth=0"], "model.depth"),
     (["divergence.loss_factor=0.5"], "divergence.loss_factor"),
-    (["data=fashion_mnist", "paths.data=/nonexistent/normlab-data"], "train-images-idx3-ubyte"),
+    (
+        ["data=fashion_mnist", "model=cnn", "paths.data=/nonexistent/normlab-data"],
+        "train-images-idx3-ubyte",
+    ),
 ]
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from normlab.config import ConfigError, validate
-from normlab.norm import MODES
+from normlab.norms import MODES
 
 
 def test_one_run_writes_its_record(cli):

@@ -1,27 +1,41 @@
-"""Structured config schemas (registered in Hydra's ConfigStore) and their value checks.
+"""Structured config schemas (registered in Hydra's ConfigStore), their value checks, and a
+run's identity.
 
 The dataclasses give every key its type, so a wrong type or an unknown key fails while Hydra
-composes the config. :func:`validate` then checks ranges and combinations, and turns the first
-problem into a :class:`ConfigError` whose one-line message names the key, the value and what is
-allowed; nothing has been trained or written when it is raised.
+composes the config. The ``norm`` node is the exception: its keys are those of the chosen mode,
+checked against that mode's options (:mod:`normlab.norms.registry`). :func:`validate` checks
+ranges and combinations, and turns the first problem into a :class:`ConfigError` whose
+one-line message names the key, the value and what is allowed; nothing has been trained or
+written when it is raised.
+
+:func:`record_config` is what a run trains, as written to its ``config.yaml``: the mode's own
+options and only the schedule nodes its layers follow. :func:`run_id` hashes the part of it that
+differs from the defaults, so adding an option whose default keeps today's behaviour changes no
+existing id.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
 from torch import nn
 
 from normlab.data import DATASETS, SAMPLERS
+from normlab.errors import ConfigError, Shown
 from normlab.models import MODELS, build_model
-from normlab.norm import MODES, UPDATE_ORDERS
+from normlab.norms import registry
+from normlab.norms.base import RunningStatsNorm
+from normlab.norms.options import RunFacts
 from normlab.schedules import CONVENTIONS, KINDS, UNITS, build_schedule, check_schedule
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -39,21 +53,6 @@ INPUT_SHAPES = {
 }
 
 
-class Shown(str):
-    """A value shown as written, without quotes, in a :class:`ConfigError`."""
-
-    def __repr__(self) -> str:
-        return str(self)
-
-
-class ConfigError(ValueError):
-    """A config value that cannot run; ``str()`` is the one line shown to the user."""
-
-    def __init__(self, key: str, value: object, allowed: str) -> None:
-        self.key, self.value, self.allowed = key, value, allowed
-        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
-
-
 @dataclass
 class ScheduleConfig:
     """A value over training steps; see :mod:`normlab.schedules` for the kinds."""
@@ -68,18 +67,6 @@ class ScheduleConfig:
     knots: list[list[float]] | None = None
     floor: float = 0.0
     convention: str = "momentum"
-
-
-@dataclass
-class NormConfig:
-    mode: str = "batch"
-    eps: float = 1e-5
-    update: str = "before"
-    grad_through_batch: bool = False
-    groups: int = 8
-    virtual_batch_size: int | None = None
-    alpha_fwd: float = 0.999
-    alpha_bkw: float = 0.99
 
 
 @dataclass
@@ -172,7 +159,8 @@ class CheckpointConfig:
 
 @dataclass
 class RunConfig:
-    norm: NormConfig = field(default_factory=NormConfig)
+    # the chosen mode's own keys (conf/norm/NAME.yaml); a NormChoice once validated
+    norm: Any = MISSING
     momentum: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(value=0.1))
     renorm: RenormConfig = field(default_factory=RenormConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -200,7 +188,12 @@ class RunConfig:
 
 
 def register_configs() -> None:
-    ConfigStore.instance().store(name="normlab_schema", node=RunConfig)
+    """The run schema, and each registered mode's option schema as ``schema/norm/NAME``, which
+    ``conf/norm/NAME.yaml`` extends."""
+    store = ConfigStore.instance()
+    store.store(name="normlab_schema", node=RunConfig)
+    for name in registry.names():
+        store.store(group="schema/norm", name=name, node=registry.get(name).schema())
 
 
 # ----------------------------------------------------------------------------- validation
@@ -224,25 +217,45 @@ def _in_range(key: str, value: float, low: float, high: float) -> None:
 
 
 def validate(cfg: DictConfig | RunConfig, total_steps: int | None = None) -> RunConfig:
-    """Check a composed config; return it as a typed :class:`RunConfig` object.
+    """Check a composed config; return it as a typed :class:`RunConfig` object whose ``norm``
+    is a :class:`~normlab.norms.registry.NormChoice`.
 
     Schedule windows are checked against the run length: ``steps`` when given, else
     ``total_steps`` (known once the data set's size is, for runs given in ``epochs``).
     """
-    run: RunConfig = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
+    if isinstance(cfg, DictConfig):
+        run: RunConfig = OmegaConf.to_object(cfg)
+        run.norm = registry.choose(run.norm, _norm_config_name(cfg))
+    else:
+        run = cfg
     _validate_top(run)
-    _validate_norm(run)
     _validate_data(run)
     _validate_model(run)
+    _validate_norm(run)
     _validate_optim(run.optim)
     _validate_eval(run)
     _one_of("logger.wandb.mode", run.logger.wandb.mode, WANDB_MODES)
     total = run.steps if run.steps is not None else total_steps
-    _validate_schedule("momentum", run.momentum, total, 0.0, 1.0)
-    if run.norm.mode == "renorm":
-        _validate_schedule("renorm.rmax", run.renorm.rmax, total, 1.0)
-        _validate_schedule("renorm.dmax", run.renorm.dmax, total, 0.0)
+    for scheduled in run.norm.schedules.values():
+        node = config_node(run, scheduled.node)
+        _validate_schedule(scheduled.node, node, total, scheduled.low, scheduled.high)
     return run
+
+
+def _norm_config_name(cfg: DictConfig) -> str | None:
+    """The name the ``norm`` config was chosen by (``norm=NAME``): a mode given by ``_target_``
+    takes it."""
+    if HydraConfig.initialized():
+        return HydraConfig.get().runtime.choices.get("norm")
+    return OmegaConf.select(cfg, "hydra.runtime.choices.norm")
+
+
+def config_node(run: RunConfig, path: str) -> Any:
+    """The config node at a dotted ``path`` (``renorm.rmax``)."""
+    node: Any = run
+    for part in path.split("."):
+        node = node[part] if isinstance(node, Mapping) else getattr(node, part)
+    return node
 
 
 def _validate_top(run: RunConfig) -> None:
@@ -264,41 +277,29 @@ def _validate_top(run: RunConfig) -> None:
 
 
 def _validate_norm(run: RunConfig) -> None:
-    norm = run.norm
-    _one_of("norm.mode", norm.mode, MODES)
-    if not norm.eps > 0:
-        raise ConfigError("norm.eps", norm.eps, "a number > 0")
-    _one_of("norm.update", norm.update, UPDATE_ORDERS)
-    if norm.grad_through_batch and norm.update != "before":
-        raise ConfigError(
-            "norm.grad_through_batch",
-            True,
-            "only with norm.update=before (the statistics used "
-            "must contain the current batch to differentiate through it)",
-        )
-    _at_least("norm.groups", norm.groups, 1)
-    _check_groups_divide(run)
-    _at_least("norm.virtual_batch_size", norm.virtual_batch_size, 1, optional=True)
-    if norm.virtual_batch_size is not None and norm.mode != "batch":
-        raise ConfigError(
-            "norm.virtual_batch_size", norm.virtual_batch_size, "only with norm=batch"
-        )
-    if norm.virtual_batch_size is not None and run.batch_size % norm.virtual_batch_size:
-        raise ConfigError(
-            "norm.virtual_batch_size",
-            norm.virtual_batch_size,
-            f"a divisor of batch_size={run.batch_size}",
-        )
-    for key in ("alpha_fwd", "alpha_bkw"):
-        value = getattr(norm, key)
-        if not 0.0 < value < 1.0:
-            raise ConfigError(f"norm.{key}", value, "a number in (0, 1)")
-
-
-def _check_groups_divide(run: RunConfig) -> None:
-    """GroupNorm needs ``groups`` to divide every hidden width the model will give it."""
-    if run.norm.mode != "group":
+    """The mode's own checks against the run, then, for a class from outside the package,
+    that it builds for every width the model asks of it."""
+    widths = hidden_widths(run)
+    run.norm.check(RunFacts(run.batch_size, tuple(widths), run.model.name))
+    if run.norm.target is None:
         return
+    for width in sorted(set(widths)):
+        try:
+            with torch.device("meta"):
+                run.norm.build(width)
+        except Exception as error:  # whatever the user's class raises, in one line
+            reason = (str(error).strip().splitlines() or [""])[-1]
+            shown = Shown(f"{run.norm.mode} ({run.norm.target})")
+            raise ConfigError(
+                "norm",
+                shown,
+                f"it must build for {width} channels: {type(error).__name__}: {reason}",
+            ) from None
+
+
+def hidden_widths(run: RunConfig) -> list[int]:
+    """The channels of every norm layer the run's model builds, in module order (a model
+    built on the meta device with a recording norm factory: no memory, no layers)."""
     widths: list[int] = []
 
     def record(channels: int) -> nn.Module:
@@ -306,21 +307,28 @@ def _check_groups_divide(run: RunConfig) -> None:
         return nn.Identity()
 
     with torch.device("meta"):
-        build_model(
+        build_checked_model(run, INPUT_SHAPES[run.data.name], NUM_CLASSES[run.data.name], record)
+    return widths
+
+
+def build_checked_model(
+    run: RunConfig, input_shape: tuple[int, ...], num_classes: int, norm: Any
+) -> nn.Module:
+    """The run's model for inputs of ``input_shape``; a model that cannot take them is a
+    :class:`ConfigError` on ``model``."""
+    try:
+        return build_model(
             run.model.name,
-            INPUT_SHAPES[run.data.name],
-            NUM_CLASSES[run.data.name],
-            record,
+            input_shape,
+            num_classes,
+            norm,
             depth=run.model.depth,
             width=run.model.width,
+            bias_before_norm=run.model.bias_before_norm,
         )
-    for width in widths:
-        if width % run.norm.groups:
-            raise ConfigError(
-                "norm.groups",
-                run.norm.groups,
-                f"a divisor of every hidden width of model={run.model.name} (it has {width})",
-            )
+    except ValueError as error:
+        shown = Shown(f"{run.model.name} on {run.data.name} inputs {tuple(input_shape)}")
+        raise ConfigError("model", shown, str(error)) from None
 
 
 def _validate_data(run: RunConfig) -> None:
@@ -416,11 +424,80 @@ RECORD_KEYS = (
     "tags",
     "checkpoint",
 )
+# Bump when what the id hashes changes meaning; ids carry it, so records of another version
+# are told apart (scripts/migrate_run_ids.py rewrites them).
+ID_VERSION = 2
+
+
+def record_config(run: RunConfig) -> dict[str, Any]:
+    """What the run trains and how it is recorded, as its ``config.yaml`` holds it: the
+    ``norm`` node of its mode only, and of the schedule nodes the registered modes follow
+    (``momentum``, ``renorm.rmax``...) only those its layers follow."""
+    config = asdict(run)
+    config["norm"] = run.norm.config()
+    used = {s.node for s in run.norm.schedules.values()}
+    for node in _schedule_nodes() - used:
+        _drop(config, node.split("."))
+    return config
+
+
+def _schedule_nodes() -> set[str]:
+    nodes = {s.node for s in RunningStatsNorm.schedules.values()}
+    for name in registry.names():
+        layer = registry.get(name).layer
+        nodes.update(s.node for s in getattr(layer, "schedules", {}).values())
+    return nodes
+
+
+def _drop(config: dict[str, Any], path: list[str]) -> None:
+    """Remove ``path`` and every mapping it leaves empty."""
+    head, *rest = path
+    if head not in config:
+        return
+    if rest and isinstance(config[head], dict):
+        _drop(config[head], rest)
+        if config[head]:
+            return
+    del config[head]
 
 
 def run_id(run: RunConfig) -> str:
     """A readable, stable id: the same training config and seed always give the same id, so a
-    re-run sweep finds (and skips or resumes) its earlier runs."""
-    semantic = {k: v for k, v in asdict(run).items() if k not in RECORD_KEYS}
-    digest = hashlib.sha1(json.dumps(semantic, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{run.norm.mode}-bs{run.batch_size}-s{run.seed}-{digest}"
+    re-run sweep finds (and skips or resumes) its earlier runs.
+
+    The digest covers what the run trains (:func:`record_config` without :data:`RECORD_KEYS`)
+    where it differs from the defaults of the same mode: options or config keys added later
+    with a default that keeps the old behaviour leave every existing id as it was.
+    """
+    semantic = _semantic(record_config(run))
+    defaults = _semantic(record_config(_defaults_for(run)))
+    changed = {"id_version": ID_VERSION, **_changed(semantic, defaults)}
+    digest = hashlib.sha1(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{run.norm.mode}-bs{run.batch_size}-s{run.seed}-v{ID_VERSION}-{digest}"
+
+
+def _semantic(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in RECORD_KEYS}
+
+
+def _defaults_for(run: RunConfig) -> RunConfig:
+    default = RunConfig()
+    default.norm = run.norm.default()
+    return default
+
+
+def _changed(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The leaves of ``config`` that ``defaults`` lacks or holds at another value."""
+    out = {}
+    for key, value in config.items():
+        default = defaults.get(key, _ABSENT) if isinstance(defaults, Mapping) else _ABSENT
+        if isinstance(value, Mapping) and isinstance(default, Mapping):
+            nested = _changed(value, default)
+            if nested:
+                out[key] = nested
+        elif value != default or type(value) is not type(default):
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+_ABSENT = object()

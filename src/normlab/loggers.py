@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from normlab.config import config_node, record_config
 from normlab.files import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -232,22 +233,22 @@ def run_label(config: Any) -> str:
 
 
 def run_tags(config: Any) -> list[str]:
+    """Mode, batch size, model, data, the kind of every schedule the mode's layers follow
+    (``momentum:constant``, ``rmax:piecewise``), the mode's own tags, the sampler if not iid,
+    and the config's ``tags``."""
     tags = [
         config.norm.mode,
         f"bs{config.batch_size}",
-        f"momentum:{config.momentum.kind}",
         f"model:{config.model.name}",
         f"data:{config.data.name}",
-        *config.tags,
     ]
-    if config.norm.mode == "renorm":
-        tags.append(f"rmax:{config.renorm.rmax.kind}")
+    for attribute, scheduled in config.norm.schedules.items():
+        tags.append(f"{attribute}:{config_node(config, scheduled.node).kind}")
+    tags += config.norm.tags()
     if config.data.sampler != "iid":
         tags.append(f"sampler:{config.data.sampler}")
-    return tags
+    return [*tags, *config.tags]
 
 
 def _plain_config(config: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(config)
+    return record_config(config)

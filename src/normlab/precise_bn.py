@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from normlab.norm import batch_stats, norm_layers, values_per_channel
+from normlab.norms import batch_stats, norm_layers, values_per_channel
 
 
 @torch.no_grad()

@@ -27,14 +27,20 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from normlab import kernels
 from normlab.checkpoint import CHECKPOINT_FILE
-from normlab.config import ConfigError, RunConfig, Shown, register_configs, run_id, validate
+from normlab.config import (
+    ConfigError,
+    RunConfig,
+    build_checked_model,
+    record_config,
+    register_configs,
+    run_id,
+    validate,
+)
 from normlab.data import DataError, Dataset, load_dataset
 from normlab.files import RunLock
 from normlab.loggers import METRICS_FILE, RunRecord, read_summary
-from normlab.models import build_model
-from normlab.norm import build_norm
+from normlab.norms import kernels
 from normlab.trainer import Trainer, total_steps
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -86,7 +92,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         _check_batch_fits(config, data)
         _set_threads(config.threads)
         seed_everything(config.seed, config.deterministic and device.type == "cuda")
-        model = _build_checked_model(config, data).to(device)
+        model = build_run_model(config, data).to(device)
     except (ConfigError, DataError) as error:
         raise InputError(str(error)) from None
     run_dir = Path(config.paths.runs) / config.sweep / run_id(config)
@@ -115,9 +121,10 @@ def _run_locked(
     record = RunRecord(run_dir)
     trainer = Trainer(config, data, model, record, device, checkpoint)
     resumed_step = trainer.resume_from(checkpoint) if resuming else None
-    record.open(OmegaConf.to_yaml(cfg, resolve=True), keep_until_step=resumed_step)
+    record.open(OmegaConf.to_yaml(record_config(config)), keep_until_step=resumed_step)
     _attach_backends(record, config, run_dir)
     identity = _identity(config, run_dir, device, resumed_step)
+    _say_what_the_layer_lacks(config)
     record.write_summary({**identity, "status": "running"})
     try:
         summary = {**identity, **trainer.fit()}
@@ -152,37 +159,8 @@ def _check_batch_fits(config: RunConfig, data: Dataset) -> None:
         )
 
 
-def _build_checked_model(config: RunConfig, data: Dataset) -> torch.nn.Module:
-    try:
-        return build_run_model(config, data)
-    except ValueError as error:
-        shown = Shown(f"{config.model.name} on {config.data.name} inputs {data.input_shape}")
-        raise ConfigError("model", shown, str(error)) from None
-
-
 def build_run_model(config: RunConfig, data: Dataset) -> torch.nn.Module:
-    norm = config.norm
-    options = {
-        "eps": norm.eps,
-        "momentum": 0.1,
-        "rmax": 1.0,
-        "dmax": 0.0,
-        "update": norm.update,
-        "grad_through_batch": norm.grad_through_batch,
-        "groups": norm.groups,
-        "virtual_batch_size": norm.virtual_batch_size,
-        "alpha_fwd": norm.alpha_fwd,
-        "alpha_bkw": norm.alpha_bkw,
-    }
-    return build_model(
-        config.model.name,
-        data.input_shape,
-        data.num_classes,
-        lambda channels: build_norm(norm.mode, channels, **options),
-        depth=config.model.depth,
-        width=config.model.width,
-        bias_before_norm=config.model.bias_before_norm,
-    )
+    return build_checked_model(config, data.input_shape, data.num_classes, config.norm.build)
 
 
 def _attach_backends(record: RunRecord, config: RunConfig, run_dir: Path) -> None:
@@ -209,6 +187,16 @@ def _figures_for_backends(record: RunRecord, config: RunConfig, run_dir: Path) -
     except Exception as error:  # a missing picture must not cost the record
         record.backend_failed("figure", error)
         return []
+
+
+def _say_what_the_layer_lacks(config: RunConfig) -> None:
+    lacks = config.norm.lacks()
+    if lacks:
+        print(
+            f"normlab-train: norm={config.norm.mode} ({config.norm.target}) is not a "
+            f"normlab.norms.RunningStatsNorm: it trains without {', '.join(lacks)}",
+            file=sys.stderr,
+        )
 
 
 def _clear_record(run_dir: Path) -> None:
@@ -259,6 +247,8 @@ def _identity(
         "sweep": config.sweep,
         "run_dir": str(run_dir),
         "norm": config.norm.mode,
+        **config.norm.record(config.batch_size),
+        "norm_lacks": config.norm.lacks(),
         "batch_size": config.batch_size,
         "seed": config.seed,
         "device": str(device),

@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normlab.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from normlab.config import RunConfig, schedule_kwargs
+from normlab.config import RunConfig, config_node, schedule_kwargs
 from normlab.data import Dataset, make_sampler
 from normlab.loggers import RunRecord
 from normlab.metrics import Divergence, DivergenceDetector, gap_metrics, total_norm
-from normlab.norm import BatchRenorm, norm_layers
+from normlab.norms import norm_layers
 from normlab.precise_bn import recompute_population_stats
 from normlab.schedules import build_schedule
 
@@ -194,6 +194,19 @@ class Progress:
             sys.stderr.write("\n")
 
 
+def layer_schedules(run: RunConfig, layers) -> dict[str, tuple[Any, list[nn.Module]]]:
+    """Per scheduled attribute (``momentum``, ``rmax``...): its schedule, from the config node
+    the layers' class names, and the layers that follow it."""
+    out: dict[str, tuple[Any, list[nn.Module]]] = {}
+    for layer in layers:
+        for attribute, scheduled in type(layer).schedules.items():
+            if attribute not in out:
+                node = config_node(run, scheduled.node)
+                out[attribute] = (build_schedule(**schedule_kwargs(node)), [])
+            out[attribute][1].append(layer)
+    return out
+
+
 class Trainer:
     def __init__(
         self,
@@ -214,10 +227,7 @@ class Trainer:
         self.base_lr = scaled_lr(run)
         self.norms = norm_layers(model)
         self.params = list(model.parameters())  # walking the module tree per step costs us
-        self.renorms = [layer for layer in self.norms.values() if isinstance(layer, BatchRenorm)]
-        self.momentum = build_schedule(**schedule_kwargs(run.momentum))
-        self.rmax = build_schedule(**schedule_kwargs(run.renorm.rmax))
-        self.dmax = build_schedule(**schedule_kwargs(run.renorm.dmax))
+        self.schedules = layer_schedules(run, self.norms.values())
         div = run.divergence
         self.detector = DivergenceDetector(
             div.loss_factor, div.param_norm_factor, div.activation_bound
@@ -307,14 +317,11 @@ class Trainer:
             group["lr"] = values["lr"]
         # written only where a layer holds another value: a write goes through
         # nn.Module.__setattr__ and the setter's check (~2 us a layer)
-        for layer in self.norms.values():
-            if layer.momentum != values["momentum"]:
-                layer.momentum = values["momentum"]
-        for layer in self.renorms:
-            if layer.rmax != values["rmax"]:
-                layer.rmax = values["rmax"]
-            if layer.dmax != values["dmax"]:
-                layer.dmax = values["dmax"]
+        for attribute, (_, layers) in self.schedules.items():
+            value = values[attribute]
+            for layer in layers:
+                if getattr(layer, attribute) != value:
+                    setattr(layer, attribute, value)
         return values["lr"]
 
     def _train_step(self) -> None:
@@ -365,14 +372,10 @@ class Trainer:
         self.progress.update(self.step, force=True, val_acc=row.get("val_acc_eval", float("nan")))
 
     def _schedule_values(self, step: int) -> dict[str, float]:
-        """The learning rate, momentum and (for renorm) rmax/dmax that ``step`` trained with."""
-        values = {
-            "lr": self.base_lr * lr_factor(step, self.total, self.run),
-            "momentum": self.momentum(step, self.total),
-        }
-        if self.renorms:
-            values["rmax"] = self.rmax(step, self.total)
-            values["dmax"] = self.dmax(step, self.total)
+        """The learning rate, and each scheduled layer attribute, that ``step`` trained with."""
+        values = {"lr": self.base_lr * lr_factor(step, self.total, self.run)}
+        for attribute, (schedule, _) in self.schedules.items():
+            values[attribute] = schedule(step, self.total)
         return values
 
     def _norm_diagnostics(self) -> dict[str, float]:

@@ -1,0 +1,166 @@
+"""The running-statistics base: what every batch-dependent normalization shares.
+
+A subclass gets the affine ``weight``/``bias``, the ``running_mean``/``running_var`` buffers and
+their EMA update, the ``momentum`` attribute that a trainer sets from its schedule before each
+step (:attr:`RunningStatsNorm.schedules`), the eval-mode forward with the running statistics,
+per-step diagnostics (:class:`~normlab.norms.diagnostics.NormDiagnostics`) and precise-BN
+recalibration (:mod:`normlab.precise_bn`, through :meth:`update_running`). It implements
+:meth:`train_forward`; a layer that records its own diagnostics (cheaper where it computes the
+batch statistics anyway) sets ``records_diagnostics = True``, otherwise the base records them
+before each training step.
+
+Conventions:
+
+* ``momentum`` is the weight of the new batch (PyTorch's convention): ``running = (1 -
+  momentum) * running + momentum * batch``. The "decay" of the moving-average literature is
+  ``1 - momentum``.
+* The running variance holds the *unbiased* batch variance, as ``torch.nn.BatchNorm`` does.
+  With one value per channel no within-batch variance exists: the running mean is updated and
+  the running variance is left as it was.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from normlab.norms import kernels
+from normlab.norms.diagnostics import NormDiagnostics
+from normlab.norms.stats import batch_stats, unbiased
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """A layer attribute that follows a schedule: the config node holding the schedule, and the
+    range every value must lie in."""
+
+    node: str
+    low: float
+    high: float = math.inf
+
+    def checked(self, name: str, value: float) -> float:
+        value = float(value)
+        if not self.low <= value <= self.high:
+            raise ValueError(f"{name} must be in [{self.low:g}, {self.high:g}], got {value}")
+        return value
+
+
+def check_positive(name: str, value: float) -> float:
+    value = float(value)
+    if not value > 0.0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+class RunningStatsNorm(nn.Module):
+    """Affine parameters, running buffers, scheduled attributes and diagnostics.
+
+    :attr:`schedules` maps each attribute a trainer sets per step to its :class:`Scheduled`
+    (config node and range); subclasses extend or clear it. ``momentum`` here is the weight of
+    the new batch in [0, 1], scheduled from the config's ``momentum`` node.
+    """
+
+    schedules: ClassVar[dict[str, Scheduled]] = {"momentum": Scheduled("momentum", 0.0, 1.0)}
+    records_diagnostics: ClassVar[bool] = False  # True: train_forward records them itself
+    clips: ClassVar[bool] = False  # whether diagnostics carry r/d clip fractions
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__()
+        if int(num_features) < 1:
+            raise ValueError(f"num_features must be >= 1, got {num_features}")
+        self.num_features = int(num_features)
+        self.eps = check_positive("eps", eps)
+        self.momentum = momentum
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self._register_spread_buffer()
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        self.track_diagnostics = True
+        # run the training step as one compiled CPU op where the layer has one
+        # (normlab.norms.kernels); False keeps the pure-PyTorch path, which is otherwise used
+        # on GPU and wherever the extension cannot be built
+        self.compiled_step = kernels.ENABLED
+        self.diagnostics = NormDiagnostics(num_features, with_clipping=self.clips)
+
+    def _register_spread_buffer(self) -> None:
+        self.register_buffer("running_var", torch.ones(self.num_features))
+
+    @property
+    def momentum(self) -> float:
+        return self._momentum
+
+    @momentum.setter
+    def momentum(self, value: float) -> None:
+        self._momentum = RunningStatsNorm.schedules["momentum"].checked("momentum", value)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        if not self.training:
+            return self.eval_forward(x)
+        if self.track_diagnostics and not self.records_diagnostics:
+            self._record(*batch_stats(x))
+        return self.train_forward(x)
+
+    def train_forward(self, x: Tensor) -> Tensor:
+        """The training-mode forward; it updates the running statistics."""
+        raise NotImplementedError
+
+    def eval_forward(self, x: Tensor) -> Tensor:
+        mean, var = self.population_stats()
+        return F.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() < 2 or x.shape[1] != self.num_features:
+            expected = f"(N, {self.num_features}, *spatial)"
+            raise ValueError(f"{type(self).__name__} expects {expected}, got {tuple(x.shape)}")
+
+    def population_stats(self) -> tuple[Tensor, Tensor]:
+        """The (mean, variance) used at inference, variance without eps."""
+        return self.running_mean, self.running_var
+
+    @torch.no_grad()
+    def set_population_stats(self, mean: Tensor, var: Tensor) -> None:
+        self.running_mean.copy_(mean)
+        self.running_var.copy_(var)
+
+    def reference_std(self) -> Tensor:
+        return (self.running_var + self.eps).sqrt()
+
+    @torch.no_grad()
+    def update_running(self, mean: Tensor, var: Tensor, n: int) -> None:
+        """EMA update with this batch's mean and biased variance over ``n`` values per channel."""
+        self.running_mean.lerp_(mean, self.momentum)
+        if n > 1:
+            self.running_var.lerp_(unbiased(var, n), self.momentum)
+        self.num_batches_tracked += 1
+
+    def diagnostics_slot(self) -> Tensor | None:
+        """Where this step's raw diagnostics go (see :meth:`NormDiagnostics.slot`), or None
+        when they are switched off."""
+        if not self.track_diagnostics:
+            return None
+        return self.diagnostics.slot(self._buffers["running_mean"], self.eps)
+
+    def _record(self, mean: Tensor, var: Tensor, clipped: tuple[Tensor, Tensor] = ()) -> None:
+        if self.track_diagnostics:
+            self.diagnostics.record(
+                mean, var, self.running_mean, self.reference_std(), self.eps, clipped
+            )
+
+
+def norm_layers(model: nn.Module) -> dict[str, RunningStatsNorm]:
+    """The running-statistics normalization layers of ``model`` by module name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, RunningStatsNorm)}
+
+
+def is_batch_dependent(module: nn.Module) -> bool:
+    return isinstance(module, RunningStatsNorm)

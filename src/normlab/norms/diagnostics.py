@@ -1,0 +1,159 @@
+"""What a running-statistics layer records each training step, kept on its device."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class NormDiagnostics:
+    """Per-channel statistics a layer records each training step, accumulated on its device.
+
+    Recorded per step: ``mean_shift = |mu_B - mu| / sigma`` and ``std_ratio = sigma_B / sigma``
+    (mu, sigma: the population estimates *before* this step's update; sigma includes eps), the
+    mean and RMS of the layer's input (derived from the batch stats, no extra pass over the
+    data) and, for renorm, the fractions of channels whose r or d was clipped. Nothing is copied
+    to the host until :meth:`collect`, so recording costs no device sync.
+
+    Each step only writes its raw statistics into one row of a preallocated buffer
+    (:meth:`slot`, filled by the layer or by :meth:`record`); the ratios above are computed for
+    up to :attr:`FOLD_EVERY` steps at once when the window is read or the buffer fills, so that
+    the per-step cost stays one small op instead of a dozen.
+    """
+
+    CHANNEL_FIELDS = ("mean_shift", "std_ratio")
+    SCALAR_FIELDS = ("prenorm_mean", "prenorm_rms")
+    CLIP_FIELDS = ("r_clip_frac", "d_clip_frac")
+    # rows of one step's raw record; renorm adds one row per CLIP_FIELDS entry (1 = clipped)
+    RAW_ROWS = ("batch_mean", "batch_var", "ref_mean", "ref_std")
+    FOLD_EVERY = 64
+
+    def __init__(self, num_features: int, with_clipping: bool = False) -> None:
+        self.num_features = num_features
+        self.with_clipping = with_clipping
+        self.fields = self.SCALAR_FIELDS + (self.CLIP_FIELDS if with_clipping else ())
+        self.rows = len(self.RAW_ROWS) + (len(self.CLIP_FIELDS) if with_clipping else 0)
+        self._buffer: Tensor | None = None
+        self._slots: tuple[Tensor, ...] = ()
+        self._like: Tensor | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        self.steps = 0
+        self._channel_sums: Tensor | None = None
+        self._scalar_sums: Tensor | None = None
+        self._last: Tensor | None = None
+        self._pending = 0  # steps recorded in the buffer and not yet folded
+        self._pending_eps = 0.0
+
+    @property
+    def last_mean_shift(self) -> Tensor | None:
+        self._fold()
+        return None if self._last is None else self._last[0]
+
+    @property
+    def last_std_ratio(self) -> Tensor | None:
+        self._fold()
+        return None if self._last is None else self._last[1]
+
+    def slot(self, like: Tensor, eps: float) -> Tensor:
+        """This step's raw record, ``(rows, C)`` with ``like``'s dtype and device, for the layer
+        to fill with the rows :data:`RAW_ROWS` (``ref_*``: mu and sigma before this step's
+        update; ``batch_var`` biased) and, for renorm, the r and d clip indicators.
+
+        ``like`` is the layer's running mean: while it is the same tensor object as at the last
+        call, the buffer still fits (moving a module to another device or dtype replaces it).
+        """
+        if like is not self._like:
+            self._fit_buffer(like)
+        if self._pending and (self._pending == self.FOLD_EVERY or eps != self._pending_eps):
+            self._fold()
+        self._pending_eps = eps
+        self.steps += 1
+        self._pending += 1
+        return self._slots[self._pending - 1]
+
+    def _fit_buffer(self, like: Tensor) -> None:
+        buffer = self._buffer
+        if buffer is None or buffer.dtype != like.dtype or buffer.device != like.device:
+            self._fold()
+            buffer = like.new_empty((self.FOLD_EVERY, self.rows, self.num_features))
+            self._buffer, self._slots = buffer, buffer.unbind(0)  # views made once, not per step
+        self._like = like
+
+    def record(
+        self,
+        batch_mean: Tensor,
+        batch_var: Tensor,
+        ref_mean: Tensor,
+        ref_std: Tensor,
+        eps: float,
+        clipped: tuple[Tensor, Tensor] = (),
+    ) -> None:
+        """Write one step's record from separate tensors (none may require grad)."""
+        rows = (
+            batch_mean,
+            batch_var,
+            ref_mean,
+            ref_std,
+            *(c.to(batch_mean.dtype) for c in clipped),
+        )
+        torch.stack(rows, out=self.slot(batch_mean, eps))
+
+    @torch.no_grad()
+    def _fold(self) -> None:
+        """Turn the pending raw records into per-step diagnostics and add them to the sums."""
+        if not self._pending:
+            return
+        raw = self._buffer[: self._pending]
+        batch_mean, batch_var, ref_mean, ref_std = raw[:, : len(self.RAW_ROWS)].unbind(1)
+        mean_shift = (batch_mean - ref_mean).abs_().div_(ref_std)
+        std_ratio = (batch_var + self._pending_eps).sqrt_().div_(ref_std)
+        channels = torch.stack((mean_shift, std_ratio), dim=1)  # (steps, 2, C)
+        rms = (batch_var + batch_mean.square()).mean(dim=-1).sqrt_()
+        scalars = [batch_mean.mean(dim=-1), rms]
+        if self.with_clipping:
+            scalars.extend(raw[:, len(self.RAW_ROWS) :].mean(dim=-1).unbind(1))
+        channel_sums, scalar_sums = channels.sum(dim=0), torch.stack(scalars, dim=1).sum(dim=0)
+        if self._channel_sums is None:
+            self._channel_sums, self._scalar_sums = channel_sums, scalar_sums
+        else:
+            self._channel_sums += channel_sums
+            self._scalar_sums += scalar_sums
+        self._last = channels[-1]
+        self._pending = 0
+
+    def state_dict(self) -> dict[str, object]:
+        """The open window (step count and sums), for checkpoints; tensors stay on device."""
+        self._fold()
+        return {
+            "steps": self.steps,
+            "channel_sums": self._channel_sums,
+            "scalar_sums": self._scalar_sums,
+            "last": self._last,
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.reset()
+        self.steps = int(state["steps"])
+        self._channel_sums, self._scalar_sums = state["channel_sums"], state["scalar_sums"]
+        self._last = state["last"]
+
+    def per_channel(self) -> dict[str, Tensor]:
+        """Per-channel means of ``mean_shift`` and ``std_ratio`` since the last reset."""
+        if self.steps == 0:
+            return {}
+        self._fold()
+        return dict(zip(self.CHANNEL_FIELDS, self._channel_sums / self.steps, strict=True))
+
+    def collect(self, reset: bool = True) -> dict[str, float]:
+        """Means over steps (and channels) since the last collect, in one host sync."""
+        if self.steps == 0:
+            return {}
+        self._fold()
+        channel_means = (self._channel_sums / self.steps).mean(dim=1)
+        means = torch.cat((channel_means, self._scalar_sums / self.steps)).tolist()
+        out = dict(zip(self.CHANNEL_FIELDS + self.fields, means, strict=True))
+        if reset:
+            self.reset()
+        return out

@@ -1,0 +1,252 @@
+"""The normalization modes normlab knows, each registered by its own module, and the modes a
+user brings from outside the package.
+
+A :class:`Mode` is everything about one mode that the rest of normlab derives from: the layer
+class, its options (a dataclass, see :mod:`normlab.norms.options`), how its runs are drawn
+(:class:`Style`), its extra wandb tags and the fields it adds to a run's record. Which layer
+attributes follow schedules, and from which config node, is the layer class's own
+``schedules`` (:class:`~normlab.norms.base.Scheduled`). The mode list, the config checks, the
+trainer's schedules, the figures' palette and the tags all come from here.
+
+A run's norm config node becomes a :class:`NormChoice` through :func:`choose`: either
+``mode: NAME`` of a registered mode with its options, or ``_target_: package.module.Class``
+with the class's keyword options (a file ``NAME.yaml`` in the ``norm`` group of a user's config
+directory), built as ``Class(num_features, **options)`` with Hydra's ``instantiate``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from normlab.errors import ConfigError
+from normlab.norms import options as opts
+from normlab.norms.base import RunningStatsNorm, Scheduled
+
+
+@dataclass(frozen=True)
+class Style:
+    """How runs are drawn: the legend label, a colour and a marker."""
+
+    label: str
+    color: str
+    marker: str
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One registered normalization mode.
+
+    ``label(options)`` names the style a run is drawn under (default: the mode's first style);
+    ``tags(options)`` gives extra wandb tags; ``record(options, batch_size)`` extra fields for
+    the run's ``summary.json`` (written where the mode is built, read by the figures).
+    """
+
+    name: str
+    layer: type[nn.Module]
+    options: type
+    styles: tuple[Style, ...]
+    label: Callable[[Any], str] | None = None
+    tags: Callable[[Any], list[str]] | None = None
+    record: Callable[[Any, int], dict[str, Any]] | None = None
+
+    def schema(self) -> type:
+        """The structured config ``conf/norm/NAME.yaml`` extends (:func:`options.config_schema`)."""
+        return opts.config_schema(self.name, self.options)
+
+
+_MODES: dict[str, Mode] = {}
+
+
+def register(mode: Mode) -> Mode:
+    if mode.name in _MODES:
+        raise ValueError(f"normalization mode {mode.name!r} is registered twice")
+    if not dataclasses.is_dataclass(mode.options):
+        raise TypeError(f"{mode.name}: options must be a dataclass, got {mode.options!r}")
+    _MODES[mode.name] = mode
+    return mode
+
+
+def names() -> tuple[str, ...]:
+    """Every registered mode, in registration order."""
+    return tuple(_MODES)
+
+
+def get(name: str) -> Mode:
+    if name not in _MODES:
+        raise ValueError(f"mode must be one of {', '.join(_MODES)}, got {name!r}")
+    return _MODES[name]
+
+
+# Okabe & Ito (2008) is taken by the registered modes; runs of modes from outside the package
+# take these, in order of their labels, so they never share a colour or marker with a built-in.
+EXTRA_COLORS = ("#7F3C8D", "#3969AC", "#11A579", "#E73F74", "#80BA5A", "#F0E442")
+EXTRA_MARKERS = ("*", "h", "p", "<", ">", "8")
+
+
+def styles() -> dict[str, Style]:
+    """Every registered mode's styles by label, in registration order."""
+    return {s.label: s for mode in _MODES.values() for s in mode.styles}
+
+
+def palette(labels: Iterable[str]) -> dict[str, Style]:
+    """A style for every label: a registered one's own; the others, sorted, the extras in turn."""
+    known = styles()
+    others = sorted(set(labels) - set(known))
+    extra = {
+        label: Style(
+            label, EXTRA_COLORS[i % len(EXTRA_COLORS)], EXTRA_MARKERS[i % len(EXTRA_MARKERS)]
+        )
+        for i, label in enumerate(others)
+    }
+    return {**known, **extra}
+
+
+def label_order() -> tuple[str, ...]:
+    """Labels of the registered styles, in the order figures and tables list modes."""
+    return tuple(styles())
+
+
+# ----------------------------------------------------------------------------- a run's choice
+
+
+@dataclass(frozen=True)
+class NormChoice:
+    """A run's validated normalization: its mode name, options and, for a mode from outside
+    the package, the class it names (``target``, ``options`` then a dict of its keywords)."""
+
+    mode: str
+    options: Any
+    target: str | None = None
+    layer_class: type = field(default=nn.Module, compare=False, repr=False)
+
+    @property
+    def registered(self) -> Mode | None:
+        return None if self.target else _MODES[self.mode]
+
+    @property
+    def schedules(self) -> dict[str, Scheduled]:
+        """Attribute -> schedule of the layers this choice builds (none outside the base)."""
+        if issubclass(self.layer_class, RunningStatsNorm):
+            return dict(self.layer_class.schedules)
+        return {}
+
+    def keywords(self) -> dict[str, Any]:
+        if self.target:
+            return dict(self.options)
+        return {f.name: getattr(self.options, f.name) for f in dataclasses.fields(self.options)}
+
+    def build(self, num_features: int) -> nn.Module:
+        if self.target:
+            from hydra.utils import instantiate
+
+            node = {"_target_": self.target, "_convert_": "all", **self.keywords()}
+            return instantiate(node, num_features)
+        return self.layer_class(num_features, **self.keywords())
+
+    def config(self) -> dict[str, Any]:
+        """The run record's ``norm`` node: the mode, its class if from outside, its options."""
+        node: dict[str, Any] = {"mode": self.mode}
+        if self.target:
+            node["_target_"] = self.target
+        return {**node, **self.keywords()}
+
+    def default(self) -> NormChoice:
+        """The same mode with every option at its default (for a stable run id)."""
+        if self.target:
+            return dataclasses.replace(self, options=_signature_defaults(self.layer_class))
+        return dataclasses.replace(self, options=self.options.__class__())
+
+    def label(self) -> str:
+        mode = self.registered
+        if mode is None:
+            return self.mode
+        return mode.label(self.options) if mode.label else mode.styles[0].label
+
+    def tags(self) -> list[str]:
+        mode = self.registered
+        return list(mode.tags(self.options)) if mode and mode.tags else []
+
+    def record(self, batch_size: int) -> dict[str, Any]:
+        """Fields for ``summary.json``: the drawn label, the number of examples behind each
+        batch statistic, and whatever the mode adds."""
+        fields: dict[str, Any] = {"norm_label": self.label(), "statistics_batch_size": batch_size}
+        mode = self.registered
+        if mode and mode.record:
+            fields.update(mode.record(self.options, batch_size))
+        return fields
+
+    def lacks(self) -> list[str]:
+        """What a layer outside the running-statistics base does not get."""
+        if issubclass(self.layer_class, RunningStatsNorm):
+            return []
+        return ["momentum schedules", "diagnostics", "precise-BN"]
+
+    def check(self, facts: opts.RunFacts) -> None:
+        if not self.target:
+            opts.check(self.options, facts, "norm")
+
+
+def choose(node: Mapping[str, Any], name: str | None = None) -> NormChoice:
+    """The :class:`NormChoice` of a composed ``norm`` config node. ``name`` is the config
+    group's choice (the YAML file's name), which names a mode given by ``_target_``."""
+    values = dataclasses.asdict(node) if dataclasses.is_dataclass(node) else dict(node)
+    target = values.pop("_target_", None)
+    mode = values.pop("mode", None) or name
+    if target is None:
+        if mode not in _MODES:
+            raise ConfigError(
+                "norm.mode", mode, f"one of {', '.join(_MODES)}, or a norm config with _target_"
+            )
+        registered = _MODES[mode]
+        return NormChoice(
+            mode, opts.parse(registered.options, values, "norm"), None, registered.layer
+        )
+    if not mode:
+        raise ConfigError("norm", target, "a config chosen by name (norm=NAME) or with norm.mode")
+    if mode in _MODES:
+        raise ConfigError("norm.mode", mode, f"a name no registered mode has ({', '.join(_MODES)})")
+    cls = _import_class(target)
+    _check_keywords(cls, target, values)
+    return NormChoice(str(mode), values, str(target), cls)
+
+
+def _import_class(target: str) -> type:
+    from hydra.utils import get_class
+
+    try:
+        return get_class(target)
+    except Exception as error:  # any import failure is the user's path or module
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigError(
+            "norm._target_", target, f"an importable class (package.module.Class): {reason}"
+        ) from None
+
+
+def _parameters(cls: type) -> list[inspect.Parameter]:
+    """The constructor's parameters after ``num_features``."""
+    return list(inspect.signature(cls).parameters.values())[1:]
+
+
+def _check_keywords(cls: type, target: str, values: Mapping[str, Any]) -> None:
+    parameters = _parameters(cls)
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return
+    accepted = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for key, value in values.items():
+        if key not in accepted:
+            allowed = (
+                f"a keyword of {target}: {', '.join(accepted)}"
+                if accepted
+                else (f"nothing: {target} takes no options")
+            )
+            raise ConfigError(f"norm.{key}", value, allowed)
+
+
+def _signature_defaults(cls: type) -> dict[str, Any]:
+    return {p.name: p.default for p in _parameters(cls) if p.default is not p.empty}

@@ -1,0 +1,161 @@
+"""``renorm``: Batch Renormalization (Ioffe 2017, arXiv 1702.03275), Algorithm 1."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from normlab.norms import kernels
+from normlab.norms.base import RunningStatsNorm, Scheduled
+from normlab.norms.options import option, positive
+from normlab.norms.registry import Mode, Style, register
+from normlab.norms.stats import (
+    batch_stats,
+    normalize_with_batch_stats,
+    stats_keeping_centered,
+    values_per_channel,
+)
+
+
+class BatchRenorm(RunningStatsNorm):
+    """Batch Renormalization, Algorithm 1 of Ioffe 2017 (arXiv 1702.03275).
+
+    ``sigma_B = sqrt(var_B + eps)``; ``r = clip(sigma_B / sigma, 1/rmax, rmax)`` and
+    ``d = clip((mu_B - mu) / sigma, -dmax, dmax)`` are constants to autograd;
+    ``x_hat = (x - mu_B) / sigma_B * r + d``; ``y = weight * x_hat + bias``. Then
+    ``mu += momentum * (mu_B - mu)`` and ``sigma += momentum * (sigma_B - sigma)``: the paper keeps
+    the moving *standard deviation* (``running_std``, eps included), and inference computes
+    ``(x - mu) / sigma``. With ``rmax = 1, dmax = 0`` training equals batch norm exactly;
+    only the running estimate differs (EMA of ``sigma_B`` rather than of the unbiased variance).
+    ``rmax`` and ``dmax`` follow the schedules of the config's ``renorm.rmax``/``renorm.dmax``.
+
+    r and d are folded into the affine of the normalization (``weight * r``, ``weight * d + bias``)
+    instead of composing elementwise ops: on CPU the whole step (statistics, r and d, running
+    updates, diagnostics, output) is one compiled op (:mod:`normlab.norms.kernels`), elsewhere
+    one fused batch-norm kernel after a few per-channel ops.
+
+    Batch size 1 on ``(1, C)``: ``sigma_B = sqrt(eps)`` and ``x - mu_B = 0``, so ``x_hat = d``:
+    the output carries ``clip((x - mu)/sigma)`` forward but, d being a constant, no gradient
+    reaches the input; ``r`` saturates at ``1/rmax`` and ``running_std`` decays towards
+    ``sqrt(eps)``, so inference degrades as training goes on.
+    """
+
+    schedules: ClassVar[dict[str, Scheduled]] = {
+        **RunningStatsNorm.schedules,
+        "rmax": Scheduled("renorm.rmax", 1.0),
+        "dmax": Scheduled("renorm.dmax", 0.0),
+    }
+    records_diagnostics = True
+    clips = True
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        rmax: float = 1.0,
+        dmax: float = 0.0,
+    ) -> None:
+        super().__init__(num_features, eps, momentum)
+        self.rmax = rmax
+        self.dmax = dmax
+
+    def _register_spread_buffer(self) -> None:
+        self.register_buffer("running_std", torch.ones(self.num_features))
+
+    @property
+    def rmax(self) -> float:
+        return self._rmax
+
+    @rmax.setter
+    def rmax(self, value: float) -> None:
+        self._rmax = self.schedules["rmax"].checked("rmax", value)
+
+    @property
+    def dmax(self) -> float:
+        return self._dmax
+
+    @dmax.setter
+    def dmax(self, value: float) -> None:
+        self._dmax = self.schedules["dmax"].checked("dmax", value)
+
+    @property
+    def running_var(self) -> Tensor:
+        """The variance the moving standard deviation stands for (``sigma**2 - eps``)."""
+        return (self.running_std.square() - self.eps).clamp_min(0.0)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rmax={self.rmax}, dmax={self.dmax}"
+
+    def reference_std(self) -> Tensor:
+        return self.running_std
+
+    @torch.no_grad()
+    def set_population_stats(self, mean: Tensor, var: Tensor) -> None:
+        self.running_mean.copy_(mean)
+        self.running_std.copy_((var + self.eps).sqrt())
+
+    @torch.no_grad()
+    def update_running(self, mean: Tensor, var: Tensor, n: int) -> None:
+        self._update_running_std(mean, (var + self.eps).sqrt())
+
+    def _update_running_std(self, mean: Tensor, batch_std: Tensor) -> None:
+        self.running_mean.lerp_(mean, self.momentum)
+        self.running_std.lerp_(batch_std, self.momentum)
+        self.num_batches_tracked += 1
+
+    def eval_forward(self, x: Tensor) -> Tensor:
+        # (x - mu) / sigma with eps already inside running_std: the kernel adds eps back to
+        # sigma^2 - eps (torch < 2.13 refuses eps = 0)
+        variance = self.running_std.square().sub_(self.eps)
+        return F.batch_norm(
+            x, self.running_mean, variance, self.weight, self.bias, False, 0.0, self.eps
+        )
+
+    def train_forward(self, x: Tensor) -> Tensor:
+        if kernels.applies(x, self):
+            return kernels.renorm_step(self, x)
+        with torch.no_grad():
+            # one value per channel: normalizing the centered zeros keeps x_hat exactly d
+            if (x.dim() > 2 and x.device.type == "cpu") or values_per_channel(x) == 1:
+                mean, var, centered = stats_keeping_centered(x)
+            else:
+                (mean, var), centered = batch_stats(x), None
+            batch_std = (var + self.eps).sqrt_()
+            r_raw = batch_std / self.running_std
+            d_raw = (mean - self.running_mean).div_(self.running_std)
+            r = r_raw.clamp(1.0 / self.rmax, self.rmax)
+            d = d_raw.clamp(-self.dmax, self.dmax)
+        if self.track_diagnostics:
+            self._record(mean, var, (r != r_raw, d != d_raw))
+        y = normalize_with_batch_stats(
+            x,
+            self.weight * r,
+            torch.addcmul(self.bias, self.weight, d),
+            mean,
+            var,
+            self.eps,
+            centered,
+        )
+        with torch.no_grad():
+            self._update_running_std(mean, batch_std)
+        return y
+
+
+@dataclass(frozen=True)
+class RenormOptions:
+    eps: float = option(1e-5, positive)
+
+
+MODE = register(
+    Mode(
+        name="renorm",
+        layer=BatchRenorm,
+        options=RenormOptions,
+        styles=(Style("renorm", "#009E73", "^"),),
+    )
+)
