@@ -17,6 +17,7 @@ existing id.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from normlab.data import DATASETS, SAMPLERS
@@ -224,8 +225,9 @@ def validate(cfg: DictConfig | RunConfig, total_steps: int | None = None) -> Run
     ``total_steps`` (known once the data set's size is, for runs given in ``epochs``).
     """
     if isinstance(cfg, DictConfig):
-        run: RunConfig = OmegaConf.to_object(cfg)
-        run.norm = registry.choose(run.norm, _norm_config_name(cfg))
+        name = _norm_config_name(cfg)
+        run: RunConfig = OmegaConf.to_object(_without_hydra(cfg))
+        run.norm = registry.choose(run.norm, name)
     else:
         run = cfg
     _validate_top(run)
@@ -248,6 +250,16 @@ def _norm_config_name(cfg: DictConfig) -> str | None:
     if HydraConfig.initialized():
         return HydraConfig.get().runtime.choices.get("norm")
     return OmegaConf.select(cfg, "hydra.runtime.choices.norm")
+
+
+def _without_hydra(cfg: DictConfig) -> DictConfig:
+    """``cfg`` without the ``hydra`` node that ``compose(return_hydra_config=True)`` adds."""
+    if "hydra" not in cfg:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
 
 
 def config_node(run: RunConfig, path: str) -> Any:
@@ -481,8 +493,19 @@ def _semantic(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _defaults_for(run: RunConfig) -> RunConfig:
-    default = RunConfig()
+    default = _default_like(run)
     default.norm = run.norm.default()
+    return default
+
+
+def _default_like(config: Any) -> Any:
+    """A config of ``config``'s own dataclass types holding their defaults: a node whose class
+    gained a field compares that field against the field's own default."""
+    default = type(config)()
+    for spec in dataclasses.fields(config):
+        value, fallback = getattr(config, spec.name), getattr(default, spec.name)
+        if dataclasses.is_dataclass(fallback) and type(value) is not type(fallback):
+            setattr(default, spec.name, _default_like(value))
     return default
 
 

@@ -1,0 +1,93 @@
+"""Run identity: what a run's config.yaml holds, and an id that survives the config's growth."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from dataclasses import dataclass
+
+import pytest
+import yaml
+from conftest import REPO
+
+from normlab.config import ID_VERSION, OptimConfig, record_config, run_id, validate
+from normlab.norms import registry
+from normlab.norms.options import option, positive
+
+
+def test_a_batch_run_records_only_its_own_options(compose_config):
+    config = record_config(validate(compose_config("norm=batch")))
+    assert config["norm"] == {"mode": "batch", "eps": 1e-5, "virtual_batch_size": None}
+    assert "renorm" not in config, "rmax/dmax schedules belong to renorm"
+    assert config["momentum"]["kind"] == "constant"
+
+
+def test_renorm_records_its_schedules_and_baselines_no_momentum(compose_config):
+    renorm = record_config(validate(compose_config("norm=renorm")))
+    assert set(renorm["renorm"]) == {"rmax", "dmax"} and renorm["norm"] == {
+        "mode": "renorm",
+        "eps": 1e-5,
+    }
+    group = record_config(validate(compose_config("norm=group")))
+    assert "momentum" not in group and "renorm" not in group
+    assert group["norm"] == {"mode": "group", "eps": 1e-5, "groups": 8}
+
+
+def test_the_id_is_readable_and_carries_its_version(compose_config):
+    run = validate(compose_config("norm=renorm", "batch_size=4", "seed=3"))
+    assert run_id(run).startswith(f"renorm-bs4-s3-v{ID_VERSION}-")
+    other = validate(compose_config("norm=renorm", "batch_size=4", "seed=3", "norm.eps=1e-3"))
+    assert run_id(other) != run_id(run)
+    unused = validate(compose_config("norm=batch", "renorm=fixed"))
+    assert run_id(unused) == run_id(validate(compose_config("norm=batch"))), (
+        "another mode's schedules are not part of a batch run"
+    )
+
+
+@dataclass(frozen=True)
+class RenormWithAnOptionMore:
+    eps: float = option(1e-5, positive)
+    new_option: int = option(3)
+
+
+@dataclass
+class OptimWithAKeyMore(OptimConfig):
+    lookahead: float = 0.0
+
+
+def test_adding_an_option_whose_default_keeps_behaviour_changes_no_id(compose_config):
+    run = validate(compose_config("norm=renorm", "batch_size=8", "optim.lr=0.3"))
+    before = run_id(run)
+    run.norm = dataclasses.replace(run.norm, options=RenormWithAnOptionMore())
+    run.optim = OptimWithAKeyMore(**dataclasses.asdict(run.optim))
+    assert run_id(run) == before
+    run.norm = dataclasses.replace(run.norm, options=RenormWithAnOptionMore(new_option=4))
+    assert run_id(run) != before, "a value away from the default is what the run trains"
+    run.norm = dataclasses.replace(run.norm, options=RenormWithAnOptionMore())
+    run.optim = OptimWithAKeyMore(**{**dataclasses.asdict(run.optim), "lookahead": 0.5})
+    assert run_id(run) != before
+
+
+def test_every_registered_mode_composes_with_its_yaml(compose_config):
+    for name in registry.names():
+        run = validate(compose_config(f"norm={name}"))
+        assert run.norm.mode == name
+        assert yaml.safe_load(yaml.safe_dump(record_config(run)))["norm"]["mode"] == name
+
+
+def test_rerunning_a_committed_preset_retrains_nothing(cli, tmp_path):
+    """The migrated records of a committed study (scripts/migrate_run_ids.py) are found again:
+    every run of the preset's grid is skipped, nothing is rewritten."""
+    preset = "renorm_paper"
+    committed = REPO / "results" / "runs" / preset
+    if not committed.is_dir():
+        pytest.skip(f"no committed records of {preset}")
+    copy = tmp_path / "results" / "runs" / preset
+    shutil.copytree(committed, copy)
+    stamps = {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()}
+    result = cli("-m", f"+experiment={preset}", fast=False)
+    assert result.code == 0, result.err
+    grid = len(list(committed.iterdir()))
+    assert result.err.count("; skipped") == grid, result.err[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()} == stamps
+    assert len(list(copy.iterdir())) == grid
