@@ -494,6 +494,77 @@ def test_real_files(name, train_shape, val_shape):
     assert abs(dataset.x_train.std().item() - 1) < 1e-2
 
 
+def test_mnist_5k_reads_its_idx_files_from_its_folder(tmp_path):
+    arrays = make_idx_arrays(seed=3)
+    write_idx_files(tmp_path / "mnist_5k", arrays)
+    dataset = load_dataset("mnist_5k", root=tmp_path)
+    assert dataset.name == "mnist_5k" and dataset.input_shape == (1, 28, 28)
+    assert dataset.y_train.tolist() == [3, 1, 9] and dataset.y_val.tolist() == [0, 7]
+    train = arrays["train-images-idx3-ubyte"][:, None]
+    expected = standardized(train, arrays["t10k-images-idx3-ubyte"][:, None], (0, 1, 2, 3))
+    np.testing.assert_allclose(dataset.x_val.numpy(), expected, atol=1e-5)
+
+
+def test_mnist_5k_missing_names_the_file_and_that_nothing_downloads(tmp_path):
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz.*no download mirror"):
+        load_dataset("mnist_5k", root=tmp_path, download=True)
+
+
+def test_the_mnist_5k_config_trains_a_cnn_on_tiny_files(cli, tmp_path):
+    arrays = {
+        "train-images-idx3-ubyte": np.random.default_rng(0).integers(0, 256, (16, 28, 28)),
+        "train-labels-idx1-ubyte": np.arange(16) % 10,
+        "t10k-images-idx3-ubyte": np.random.default_rng(1).integers(0, 256, (8, 28, 28)),
+        "t10k-labels-idx1-ubyte": np.arange(8) % 10,
+    }
+    write_idx_files(tmp_path / "data" / "mnist_5k", arrays)
+    result = cli(
+        "data=mnist_5k",
+        f"paths.data={tmp_path / 'data'}",
+        "model=cnn",
+        "model.width=4",
+        "batch_size=4",
+        "steps=2",
+        "eval_every=2",
+        "eval.train_subset=8",
+        fast=False,
+    )
+    assert result.code == 0, result.err
+    assert result.summary()["status"] == "completed"
+
+
+def test_real_mnist_5k_is_the_documented_subset():
+    root = SHARED_DATA / "mnist_5k"
+    if not root.is_dir():
+        pytest.skip(f"no real data: {root} does not exist")
+    readme = (root / "README.md").read_text()
+    for stem in IDX_STEMS:
+        digest = hashlib.md5((root / f"{stem}.gz").read_bytes()).hexdigest()
+        assert digest in readme, f"{stem}.gz md5 {digest} is not the README's"
+    dataset = load_dataset("mnist_5k", root=SHARED_DATA)
+    assert dataset.x_train.shape == (4000, 1, 28, 28) and dataset.x_val.shape == (1000, 1, 28, 28)
+    assert torch.bincount(dataset.y_train).tolist() == [400] * 10
+    assert torch.bincount(dataset.y_val).tolist() == [100] * 10
+
+
+def test_a_held_out_validation_split_is_fixed_and_disjoint():
+    labels = torch.arange(40) % 10
+    dataset = Dataset(
+        "toy",
+        torch.arange(40.0).view(40, 1, 1),
+        labels,
+        torch.zeros(5, 1, 1),
+        torch.zeros(5, dtype=torch.long),
+        10,
+    )
+    first = data.hold_out_validation(dataset, 0.25)
+    again = data.hold_out_validation(dataset, 0.25)
+    assert len(first.y_val) == 10 and len(first.y_train) == 30
+    assert torch.equal(first.x_val, again.x_val), "the same examples for every run"
+    held, kept = set(first.x_val.flatten().tolist()), set(first.x_train.flatten().tolist())
+    assert held.isdisjoint(kept) and held | kept == set(range(40))
+
+
 # ---------------------------------------------------------------------------- samplers
 
 

@@ -170,17 +170,3 @@ def test_a_divergence_found_at_a_logged_row_is_logged_once(cli):
     metrics = pd.read_csv(result.run_dirs()[0] / "metrics.csv")
     assert result.summary()["status"] == "diverged"
     assert metrics["step"].is_unique
-
-
-def test_progress_line_on_a_terminal_and_silence_in_logs(capsys):
-    from normlab.trainer import Progress
-
-    shown = Progress(total=100, mode="on")
-    shown.update(10, force=True, loss=0.5, val_acc=0.25)
-    shown.close()
-    err = capsys.readouterr().err
-    assert "step 10/100" in err and "loss 0.5" in err and "val_acc 0.25" in err
-    quiet = Progress(total=100, mode="auto")  # pytest captures stderr: not a terminal
-    quiet.update(10, force=True, loss=0.5)
-    quiet.close()
-    assert capsys.readouterr().err == ""

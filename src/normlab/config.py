@@ -31,7 +31,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from normlab.data import DATASETS, SAMPLERS
+from normlab.data import DATASETS, INPUT_SHAPES, NUM_CLASSES, SAMPLERS
 from normlab.errors import ConfigError, Shown
 from normlab.models import MODELS, build_model
 from normlab.norms import registry
@@ -44,14 +44,9 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 LR_SCALING = ("none", "linear", "sqrt")
 DEVICES = ("auto", "cpu", "cuda")
 PROGRESS = ("auto", "on", "off")
+PRECISIONS = ("float32", "bfloat16")
+EVAL_SPLITS = ("test", "validation")
 WANDB_MODES = ("offline", "online", "disabled")
-NUM_CLASSES = {"mnist1d": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10}
-INPUT_SHAPES = {
-    "mnist1d": (1, 40),
-    "mnist": (1, 28, 28),
-    "fashion_mnist": (1, 28, 28),
-    "cifar10": (3, 32, 32),
-}
 
 
 @dataclass
@@ -86,6 +81,11 @@ class DataConfig:
     drop_last: bool = True
     train_size: int | None = None
     val_size: int | None = None
+    # test: evaluate on the held-out test split (what studies report); validation: carve
+    # validation_fraction of the training examples out (a fixed split) and evaluate on those,
+    # for choosing hyperparameters without looking at the test set
+    eval_split: str = "test"
+    validation_fraction: float = 0.125
 
 
 @dataclass
@@ -110,6 +110,19 @@ class OptimConfig:
     lr_scaling: str = "none"
     base_batch_size: int = 32
     grad_clip: float | None = None
+    # times the scaled rate: the grid a study chooses from on a validation split
+    lr_factor: float = 1.0
+    # a study's lr_choice.json: the run takes the factor chosen for its cell (normlab.study)
+    lr_choice: str | None = None
+
+
+@dataclass
+class StudyConfig:
+    """What ``normlab-study`` runs for a preset (see :mod:`normlab.study`)."""
+
+    lr_factors: list[float] = field(default_factory=lambda: [1.0])
+    select_seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] = field(default_factory=lambda: [0])
 
 
 @dataclass
@@ -118,6 +131,13 @@ class EvalConfig:
     eval_batch_size: int = 1000
     precise_bn: bool = False
     precise_batches: int = 50
+
+
+@dataclass
+class TraceConfig:
+    # > 0: keep per-step loss, parameter norm, pre-norm bias norm and mean for the first and the
+    # last `steps` steps on the device, written to trace.csv when the run ends
+    steps: int = 0
 
 
 @dataclass
@@ -169,6 +189,8 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
+    trace: TraceConfig = field(default_factory=TraceConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -179,6 +201,7 @@ class RunConfig:
     eval_every: int = 100
     num_evals: int | None = None
     device: str = "auto"
+    precision: str = "float32"  # bfloat16: autocast; norm statistics stay in float32
     threads: int = 0
     deterministic: bool = True
     progress: str = "auto"
@@ -191,8 +214,11 @@ class RunConfig:
 def register_configs() -> None:
     """The run schema, and each registered mode's option schema as ``schema/norm/NAME``, which
     ``conf/norm/NAME.yaml`` extends."""
+    from hydra_plugins.normlab_launcher import normlab_launcher
+
     store = ConfigStore.instance()
     store.store(name="normlab_schema", node=RunConfig)
+    normlab_launcher.register()
     for name in registry.names():
         store.store(group="schema/norm", name=name, node=registry.get(name).schema())
 
@@ -237,11 +263,31 @@ def validate(cfg: DictConfig | RunConfig, total_steps: int | None = None) -> Run
     _validate_optim(run.optim)
     _validate_eval(run)
     _one_of("logger.wandb.mode", run.logger.wandb.mode, WANDB_MODES)
+    _take_chosen_lr(run)
     total = run.steps if run.steps is not None else total_steps
     for scheduled in run.norm.schedules.values():
         node = config_node(run, scheduled.node)
         _validate_schedule(scheduled.node, node, total, scheduled.low, scheduled.high)
     return run
+
+
+def _take_chosen_lr(run: RunConfig) -> None:
+    """``optim.lr_choice`` resolved: the run trains with its cell's chosen factor, recorded as
+    ``optim.lr_factor``, and the file's path leaves the config."""
+    path = run.optim.lr_choice
+    if path is None:
+        return
+    from normlab import study
+
+    try:
+        run.optim.lr_factor = study.lookup(path, run)
+    except FileNotFoundError:
+        raise ConfigError("optim.lr_choice", path, "an existing lr_choice.json") from None
+    except KeyError:
+        raise ConfigError(
+            "optim.lr_choice", path, "a choice holding this run's cell: run its selection first"
+        ) from None
+    run.optim.lr_choice = None
 
 
 def _norm_config_name(cfg: DictConfig) -> str | None:
@@ -278,6 +324,8 @@ def _validate_top(run: RunConfig) -> None:
     _at_least("threads", run.threads, 0)
     _one_of("device", run.device, DEVICES)
     _one_of("progress", run.progress, PROGRESS)
+    _one_of("precision", run.precision, PRECISIONS)
+    _at_least("trace.steps", run.trace.steps, 0)
     _at_least("checkpoint.every", run.checkpoint.every, 0)
     if (run.steps is None) == (run.epochs is None):
         raise ConfigError("steps", run.steps, "exactly one of steps and epochs must be set")
@@ -347,6 +395,11 @@ def _validate_data(run: RunConfig) -> None:
     data = run.data
     _one_of("data.name", data.name, DATASETS)
     _one_of("data.sampler", data.sampler, SAMPLERS)
+    _one_of("data.eval_split", data.eval_split, EVAL_SPLITS)
+    if not 0 < data.validation_fraction < 1:
+        raise ConfigError(
+            "data.validation_fraction", data.validation_fraction, "a number in (0, 1)"
+        )
     _at_least("data.train_size", data.train_size, 1, optional=True)
     _at_least("data.val_size", data.val_size, 1, optional=True)
     if data.sampler == "non_iid":
@@ -372,6 +425,8 @@ def _validate_optim(optim: OptimConfig) -> None:
     _one_of("optim.name", optim.name, OPTIMIZERS)
     if not (optim.lr > 0 and math.isfinite(optim.lr)):
         raise ConfigError("optim.lr", optim.lr, "a finite number > 0")
+    if not (optim.lr_factor > 0 and math.isfinite(optim.lr_factor)):
+        raise ConfigError("optim.lr_factor", optim.lr_factor, "a finite number > 0")
     _in_range("optim.momentum", optim.momentum, 0.0, 1.0)
     _at_least("optim.weight_decay", optim.weight_decay, 0.0)
     _in_range("optim.warmup", optim.warmup, 0.0, 1.0)
@@ -435,6 +490,8 @@ RECORD_KEYS = (
     "sweep",
     "tags",
     "checkpoint",
+    "trace",
+    "study",
 )
 # Bump when what the id hashes changes meaning; ids carry it, so records of another version
 # are told apart (scripts/migrate_run_ids.py rewrites them).
@@ -481,11 +538,31 @@ def run_id(run: RunConfig) -> str:
     where it differs from the defaults of the same mode: options or config keys added later
     with a default that keeps the old behaviour leave every existing id as it was.
     """
+    digest = training_digest(run)[:8]
+    return f"{run.norm.mode}-bs{run.batch_size}-s{run.seed}-v{ID_VERSION}-{digest}"
+
+
+def training_digest(run: RunConfig, leave_out: tuple[str, ...] = ()) -> str:
+    """A digest of what ``run`` trains where it differs from its mode's defaults, without the
+    dotted keys ``leave_out`` (a study's cell leaves out the seed and the learning-rate factor
+    it chooses)."""
     semantic = _semantic(record_config(run))
+    for key in leave_out:
+        _drop(semantic, key.split("."))
     defaults = _semantic(record_config(_defaults_for(run)))
     changed = {"id_version": ID_VERSION, **_changed(semantic, defaults)}
-    digest = hashlib.sha1(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{run.norm.mode}-bs{run.batch_size}-s{run.seed}-v{ID_VERSION}-{digest}"
+    return hashlib.sha1(json.dumps(changed, sort_keys=True).encode()).hexdigest()
+
+
+def from_record(config: Mapping[str, Any]) -> RunConfig:
+    """The run config a record's ``config.yaml`` holds (current version)."""
+    values = dict(config)
+    norm = dict(values.pop("norm"))
+    run: RunConfig = OmegaConf.to_object(
+        OmegaConf.merge(OmegaConf.structured(RunConfig), {**values, "norm": {}})
+    )
+    run.norm = registry.choose(norm)
+    return run
 
 
 def _semantic(config: dict[str, Any]) -> dict[str, Any]:

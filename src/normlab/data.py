@@ -36,7 +36,16 @@ from typing import BinaryIO, Protocol
 import numpy as np
 import torch
 
-DATASETS = ("mnist1d", "mnist", "fashion_mnist", "cifar10")
+DATASETS = ("mnist1d", "mnist", "mnist_5k", "fashion_mnist", "cifar10")
+# one example's shape (no batch dim) and the classes, known before any file is read
+INPUT_SHAPES = {
+    "mnist1d": (1, 40),
+    "mnist": (1, 28, 28),
+    "mnist_5k": (1, 28, 28),
+    "fashion_mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+}
+NUM_CLASSES = dict.fromkeys(DATASETS, 10)
 SAMPLERS = ("iid", "non_iid")
 
 _Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -61,7 +70,7 @@ class DataError(ValueError):
 @dataclass(frozen=True)
 class _IdxSource:
     folder: str  # torchvision's class name: it keeps the files in root/<folder>/raw
-    url: str
+    url: str | None  # None: no public mirror to download from
     md5: dict[str, str]
 
 
@@ -74,6 +83,18 @@ _IDX_SOURCES = {
             "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
             "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
             "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+    ),
+    # 5,000 real MNIST images, 400 / 100 per class for train / test, as the project keeps them
+    # in shared/data/mnist_5k (its README gives the provenance): a study on it says "MNIST-5k"
+    "mnist_5k": _IdxSource(
+        folder="mnist_5k",
+        url=None,
+        md5={
+            "train-images-idx3-ubyte.gz": "c84306e9062c64d3f06d858a5362b394",
+            "train-labels-idx1-ubyte.gz": "2047a902ff5030e031feca3dcbd3762e",
+            "t10k-images-idx3-ubyte.gz": "4e631a0f1e52f70bcf068823e6742e1b",
+            "t10k-labels-idx1-ubyte.gz": "6b74550299a461fcced86fb02cc51317",
         },
     ),
     "fashion_mnist": _IdxSource(
@@ -166,6 +187,26 @@ def load_dataset(
         x_val=torch.from_numpy(x_val[:val_count]).to(device),
         y_val=torch.from_numpy(y_val[:val_count]).to(device),
         num_classes=_NUM_CLASSES,
+    )
+
+
+def hold_out_validation(data: Dataset, fraction: float, seed: int = 0) -> Dataset:
+    """``data`` with a fixed ``fraction`` of its training examples moved out to become the
+    evaluated set (``x_val``/``y_val``) and the rest left to train on: hyperparameters chosen
+    on it never see the test split. The split depends on ``seed`` only, not on the run's seed,
+    so every run of a study holds out the same examples."""
+    count = len(data.y_train)
+    held = min(count - 1, max(1, round(fraction * count)))
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).to(
+        data.x_train.device
+    )
+    train, validation = order[held:], order[:held]
+    return replace(
+        data,
+        x_train=data.x_train[train],
+        y_train=data.y_train[train],
+        x_val=data.x_train[validation],
+        y_val=data.y_train[validation],
     )
 
 
@@ -372,9 +413,10 @@ def _idx_file(name: str, stem: str, root: Path, download: bool) -> Path:
     found = _locate((f"{stem}.gz", stem), dirs)
     if found is not None:
         return found
-    if not download:
-        raise _missing_file((f"{stem}.gz", stem), dirs)
     source = _IDX_SOURCES[name]
+    if not download or source.url is None:
+        hint = "" if source.url else f" ({name} has no download mirror: point data.root at it.)"
+        raise _missing_file((f"{stem}.gz", stem), dirs, hint)
     target = root / f"{stem}.gz"
     _download(source.url + target.name, target, source.md5[target.name])
     return target

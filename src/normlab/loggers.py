@@ -24,6 +24,7 @@ from normlab.files import atomic_write_text
 log = logging.getLogger(__name__)
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.yaml", "metrics.csv", "summary.json"
+TRACE_FILE = "trace.csv"  # per-step rows of runs with trace.steps > 0
 
 
 class Backend(Protocol):
@@ -120,6 +121,16 @@ class RunRecord:
         summary = {**summary, "backend_errors": dict(self.backend_errors)}
         text = json.dumps(_json_safe(summary), indent=2, sort_keys=True) + "\n"
         atomic_write_text(self.run_dir / SUMMARY_FILE, text)
+
+    def write_trace(self, rows: list[Mapping[str, Any]]) -> None:
+        """``trace.csv``, written once when the run ends (nothing when there are no rows)."""
+        if not rows:
+            return
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
+        atomic_write_text(self.run_dir / TRACE_FILE, buffer.getvalue())
 
     def finish(self, summary: Mapping[str, Any], figures: list[Path] | None = None) -> None:
         self._fan_out("finish", summary, figures or [])

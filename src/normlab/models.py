@@ -267,6 +267,18 @@ _BUILDERS = {
 }
 
 
+def prenorm_biases(model: nn.Module) -> list[nn.Parameter]:
+    """The biases of the linear/conv layers whose output feeds a norm (``bias_before_norm``):
+    the head, which feeds none, is left out."""
+    return [
+        module.bias
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d)
+        and module.bias is not None
+        and name != "head"
+    ]
+
+
 def build_model(
     name: str,
     input_shape: tuple[int, ...],

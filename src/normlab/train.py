@@ -37,10 +37,11 @@ from normlab.config import (
     run_id,
     validate,
 )
-from normlab.data import DataError, Dataset, load_dataset
+from normlab.data import DataError, Dataset, hold_out_validation, load_dataset
 from normlab.files import RunLock
 from normlab.loggers import METRICS_FILE, RunRecord, read_summary
 from normlab.norms import kernels
+from normlab.progress import finished_line
 from normlab.trainer import Trainer, total_steps
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -75,44 +76,75 @@ def _is_multirun() -> bool:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Validate, prepare and train one config; return its summary."""
+    """Validate, prepare and train one config; return its summary. A run already finished is
+    skipped before anything is loaded."""
     try:
         config = validate(cfg)
-        device = resolve_device(config.device)
-        data = load_dataset(
-            config.data.name,
-            config.data.root,
-            config.paths.cache,
-            config.data.download,
-            device,
-            config.data.train_size,
-            config.data.val_size,
-        )
-        config = validate(cfg, total_steps(config, len(data.y_train)))
-        _check_batch_fits(config, data)
-        _set_threads(config.threads)
-        seed_everything(config.seed, config.deterministic and device.type == "cuda")
-        model = build_run_model(config, data).to(device)
-    except (ConfigError, DataError) as error:
+    except ConfigError as error:
         raise InputError(str(error)) from None
     run_dir = Path(config.paths.runs) / config.sweep / run_id(config)
+    finished = _finished(run_dir, config)
+    if finished is not None:
+        return finished
+    try:
+        config, data, model = _prepare(cfg, config)
+    except (ConfigError, DataError) as error:
+        raise InputError(str(error)) from None
     lock = RunLock(run_dir)
     if not lock.acquire():
         print(f"normlab-train: {run_dir} is being run by {lock.holder()}; skipped", file=sys.stderr)
-        return {"status": "skipped", "run_dir": str(run_dir)}
+        return {"status": "skipped", "skipped": True, "run_dir": str(run_dir)}
     try:
-        return _run_locked(cfg, config, data, model, run_dir)
+        return _run_locked(config, data, model, run_dir)
     finally:
         lock.release()
 
 
-def _run_locked(
-    cfg: DictConfig, config: RunConfig, data: Dataset, model: torch.nn.Module, run_dir: Path
-) -> dict[str, Any]:
+def _finished(run_dir: Path, config: RunConfig) -> dict[str, Any] | None:
+    """The summary of a run already completed or diverged, unless told to overwrite it."""
     previous = read_summary(run_dir)
-    if previous and previous.get("status") in FINISHED and not config.overwrite:
-        print(f"normlab-train: {run_dir} already {previous['status']}; skipped", file=sys.stderr)
-        return previous
+    if not previous or previous.get("status") not in FINISHED or config.overwrite:
+        return None
+    print(f"normlab-train: {run_dir} already {previous['status']}; skipped", file=sys.stderr)
+    return {**previous, "skipped": True}
+
+
+def _prepare(cfg: DictConfig, config: RunConfig) -> tuple[RunConfig, Dataset, torch.nn.Module]:
+    """Data on the device (file errors surface here), the config checked against the run's
+    length, threads and seeds set, and the model built."""
+    device = resolve_device(config.device)
+    data = load_run_data(config, device)
+    config = validate(cfg, total_steps(config, len(data.y_train)))
+    _check_batch_fits(config, data)
+    _set_threads(config.threads)
+    seed_everything(config.seed, config.deterministic and device.type == "cuda")
+    return config, data, build_run_model(config, data).to(device)
+
+
+def load_run_data(config: RunConfig, device: torch.device) -> Dataset:
+    """The run's data set; with ``data.eval_split=validation`` the evaluated set is a fixed
+    part of the training set, the test split left unseen."""
+    spec = config.data
+    data = load_dataset(
+        spec.name,
+        spec.root,
+        config.paths.cache,
+        spec.download,
+        device,
+        spec.train_size,
+        spec.val_size,
+    )
+    if spec.eval_split == "validation":
+        data = hold_out_validation(data, spec.validation_fraction)
+    return data
+
+
+def _run_locked(
+    config: RunConfig, data: Dataset, model: torch.nn.Module, run_dir: Path
+) -> dict[str, Any]:
+    finished = _finished(run_dir, config)  # another job may have finished it meanwhile
+    if finished is not None:
+        return finished
     checkpoint = run_dir / CHECKPOINT_FILE
     resuming = config.resume and not config.overwrite and checkpoint.exists()
     if not resuming and run_dir.exists():
@@ -126,10 +158,15 @@ def _run_locked(
     identity = _identity(config, run_dir, device, resumed_step)
     _say_what_the_layer_lacks(config)
     record.write_summary({**identity, "status": "running"})
+
+    def finish(summary: dict[str, Any], figures: list[Path] | None = None) -> None:
+        record.write_trace(trainer.trace_rows())
+        record.finish(summary, figures)
+
     try:
         summary = {**identity, **trainer.fit()}
     except SystemExit:  # submitit requeues a preempted job by exiting from its signal handler
-        record.finish({**identity, **trainer.summary(), "status": "interrupted"})
+        finish({**identity, **trainer.summary(), "status": "interrupted"})
         raise
     except BaseException as error:
         summary = {
@@ -138,10 +175,12 @@ def _run_locked(
             "status": "failed",
             "error": "".join(traceback.format_exception(error)[-6:]),
         }
-        record.finish(summary)
+        finish(summary)
         raise
     summary["finished_at"] = _now()
-    record.finish(summary, _figures_for_backends(record, config, run_dir))
+    finish(summary, _figures_for_backends(record, config, run_dir))
+    if not _is_multirun():  # a sweep's launcher prints this line as each job ends
+        print(f"normlab-train: {finished_line(summary)}", file=sys.stderr)
     if summary["status"] in FINISHED:
         if config.checkpoint.keep_final:
             trainer.save_checkpoint()

@@ -67,6 +67,9 @@ class RunningStatsNorm(nn.Module):
 
     schedules: ClassVar[dict[str, Scheduled]] = {"momentum": Scheduled("momentum", 0.0, 1.0)}
     records_diagnostics: ClassVar[bool] = False  # True: train_forward records them itself
+    # True: channels never interact, so independent batches may be stacked along the channel
+    # dim of a widened copy (normlab.evaluation); a layer mixing channels leaves it False
+    channel_separable: ClassVar[bool] = False
     clips: ClassVar[bool] = False  # whether diagnostics carry r/d clip fractions
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
@@ -104,6 +107,10 @@ class RunningStatsNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
+        if x.dtype != self.weight.dtype and torch.is_autocast_enabled(x.device.type):
+            # under autocast the statistics and running buffers stay in the layer's own dtype
+            with torch.autocast(x.device.type, enabled=False):
+                return self.forward(x.to(self.weight.dtype)).to(x.dtype)
         if not self.training:
             return self.eval_forward(x)
         if self.track_diagnostics and not self.records_diagnostics:

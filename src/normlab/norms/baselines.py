@@ -18,6 +18,8 @@ class GroupNorm(nn.GroupNorm):
     """Group normalization (Wu & He 2018, arXiv 1803.08494): statistics per example over
     groups of channels (and spatial dims)."""
 
+    batch_independent = True
+
     def __init__(self, num_features: int, groups: int = 32, eps: float = 1e-5) -> None:
         if int(groups) < 1 or num_features % int(groups) != 0:
             raise ValueError(
@@ -35,6 +37,8 @@ class LayerNorm(GroupNorm):
 
 class Identity(nn.Identity):
     """No normalization."""
+
+    batch_independent = True
 
     def __init__(self, num_features: int) -> None:
         super().__init__()

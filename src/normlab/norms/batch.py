@@ -37,6 +37,7 @@ class BatchNorm(RunningStatsNorm):
     """
 
     records_diagnostics = True
+    channel_separable = True
 
     def __init__(
         self,

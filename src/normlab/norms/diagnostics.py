@@ -11,9 +11,11 @@ class NormDiagnostics:
 
     Recorded per step: ``mean_shift = |mu_B - mu| / sigma`` and ``std_ratio = sigma_B / sigma``
     (mu, sigma: the population estimates *before* this step's update; sigma includes eps), the
-    mean and RMS of the layer's input (derived from the batch stats, no extra pass over the
-    data) and, for renorm, the fractions of channels whose r or d was clipped. Nothing is copied
-    to the host until :meth:`collect`, so recording costs no device sync.
+    mean and RMS of the layer's input and the RMS over channels of its batch mean
+    (``prenorm_mean_rms``: how far the pre-norm mean has drifted from 0), all derived from the
+    batch stats with no extra pass over the data, and, for a layer that clips corrections, the
+    fractions of channels whose r or d was clipped. Nothing is copied to the host until
+    :meth:`collect`, so recording costs no device sync.
 
     Each step only writes its raw statistics into one row of a preallocated buffer
     (:meth:`slot`, filled by the layer or by :meth:`record`); the ratios above are computed for
@@ -22,9 +24,9 @@ class NormDiagnostics:
     """
 
     CHANNEL_FIELDS = ("mean_shift", "std_ratio")
-    SCALAR_FIELDS = ("prenorm_mean", "prenorm_rms")
+    SCALAR_FIELDS = ("prenorm_mean", "prenorm_rms", "prenorm_mean_rms")
     CLIP_FIELDS = ("r_clip_frac", "d_clip_frac")
-    # rows of one step's raw record; renorm adds one row per CLIP_FIELDS entry (1 = clipped)
+    # rows of one step's raw record; a clipping layer adds a row per CLIP_FIELDS entry (1: clipped)
     RAW_ROWS = ("batch_mean", "batch_var", "ref_mean", "ref_std")
     FOLD_EVERY = 64
 
@@ -56,10 +58,14 @@ class NormDiagnostics:
         self._fold()
         return None if self._last is None else self._last[1]
 
+    def current_batch_mean(self) -> Tensor | None:
+        """The batch mean of the step recorded last, if it is not folded yet."""
+        return self._slots[self._pending - 1][0] if self._pending else None
+
     def slot(self, like: Tensor, eps: float) -> Tensor:
         """This step's raw record, ``(rows, C)`` with ``like``'s dtype and device, for the layer
         to fill with the rows :data:`RAW_ROWS` (``ref_*``: mu and sigma before this step's
-        update; ``batch_var`` biased) and, for renorm, the r and d clip indicators.
+        update; ``batch_var`` biased) and, for a clipping layer, the r and d clip indicators.
 
         ``like`` is the layer's running mean: while it is the same tensor object as at the last
         call, the buffer still fits (moving a module to another device or dtype replaces it).
@@ -111,7 +117,8 @@ class NormDiagnostics:
         std_ratio = (batch_var + self._pending_eps).sqrt_().div_(ref_std)
         channels = torch.stack((mean_shift, std_ratio), dim=1)  # (steps, 2, C)
         rms = (batch_var + batch_mean.square()).mean(dim=-1).sqrt_()
-        scalars = [batch_mean.mean(dim=-1), rms]
+        mean_rms = batch_mean.square().mean(dim=-1).sqrt_()
+        scalars = [batch_mean.mean(dim=-1), rms, mean_rms]
         if self.with_clipping:
             scalars.extend(raw[:, len(self.RAW_ROWS) :].mean(dim=-1).unbind(1))
         channel_sums, scalar_sums = channels.sum(dim=0), torch.stack(scalars, dim=1).sum(dim=0)

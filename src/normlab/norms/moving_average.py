@@ -40,6 +40,7 @@ class MovingAverageNorm(RunningStatsNorm):
     """
 
     records_diagnostics = True
+    channel_separable = True
 
     def __init__(
         self,

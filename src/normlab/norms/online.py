@@ -261,6 +261,7 @@ class OnlineNorm(RunningStatsNorm):
 
     schedules: ClassVar[dict[str, Scheduled]] = {}  # statistics decay per sample (alpha_fwd)
     records_diagnostics = True
+    channel_separable = True
 
     def __init__(
         self,

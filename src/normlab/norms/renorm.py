@@ -50,6 +50,7 @@ class BatchRenorm(RunningStatsNorm):
         "dmax": Scheduled("renorm.dmax", 0.0),
     }
     records_diagnostics = True
+    channel_separable = True
     clips = True
 
     def __init__(

@@ -74,10 +74,10 @@ def channel_view(t: Tensor, x: Tensor) -> Tensor:
 class _NormalizeWithBatchStats(torch.autograd.Function):
     """``weight * (x - mean) * invstd + bias`` where ``mean``/``var`` are ``x``'s own batch stats.
 
-    The stats come in precomputed (they are needed earlier, e.g. for renorm's r and d), so the
-    forward is one elementwise pass of the native kernel, and the backward is PyTorch's own
-    training-mode batch-norm backward: the gradient flows through the batch statistics exactly as
-    in ``F.batch_norm(training=True)``. Works with one value per channel, where the native
+    The stats come in precomputed (they are needed earlier, e.g. for batch renormalization's r
+    and d), so the forward is one elementwise pass of the native kernel, and the backward is
+    PyTorch's own training-mode batch-norm backward: the gradient flows through the batch
+    statistics exactly as in ``F.batch_norm(training=True)``. Works with one value per channel, where the native
     training forward refuses.
     """
 

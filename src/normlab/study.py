@@ -1,0 +1,187 @@
+"""``normlab-study NAME``: one command for a full study, with its learning rates chosen fairly.
+
+A study is a preset (``conf/experiment/NAME.yaml``) whose ``study`` node names the grid of
+learning-rate factors, the seeds used to choose among them and the seeds of the reported runs:
+
+1. **select**: every cell of the preset's grid (mode, batch size, architecture...) trains once
+   per factor and selection seed with ``optim.lr_factor`` times its scaled rate, evaluated on a
+   validation split carved from the training data (``data.eval_split=validation``); sweep
+   ``NAME_select``.
+2. **choose**: per cell, the factor with the best mean final validation accuracy over the
+   selection seeds (a diverged run counts as 0; ties go to the factor nearest 1), written to
+   ``results/runs/NAME_select/lr_choice.json`` with every score.
+3. **final**: every cell trains with its chosen factor and all the study's seeds, evaluated on
+   the held-out test set; sweep ``NAME``. Each run looks its factor up
+   (``optim.lr_choice``) and records it as ``optim.lr_factor``.
+4. figures and the claims table from the final runs' records.
+
+Every stage resumes: finished runs are skipped, so a stopped study picks up where it was.
+Extra arguments go to every ``normlab-train`` call (a launcher, ``paths.results``...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from normlab.files import atomic_write_text
+
+CHOICE_FILE = "lr_choice.json"
+# what a cell's runs differ in besides what the cell is: the seed, the factor being chosen and
+# where it is evaluated
+NOT_CELL_KEYS = ("seed", "optim.lr_factor", "optim.lr_choice", "data.eval_split")
+
+
+def cell_id(run: Any) -> str:
+    """The cell a run belongs to: what it trains (:func:`normlab.config.training_digest`) less
+    :data:`NOT_CELL_KEYS`. A selection run and a final run of the same cell share it."""
+    from normlab.config import training_digest
+
+    return training_digest(run, NOT_CELL_KEYS)[:12]
+
+
+def choose(select_runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per cell: the chosen factor and every factor's mean score over its selection seeds.
+
+    ``select_runs``: dicts with ``run`` (its :class:`~normlab.config.RunConfig`), ``status`` and
+    ``accuracy`` (final validation accuracy)."""
+    scores: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    labels: dict[str, str] = {}
+    for run in select_runs:
+        if run["status"] not in ("completed", "diverged"):
+            continue
+        cell = cell_id(run["run"])
+        factor = float(run["run"].optim.lr_factor)
+        accuracy = run.get("accuracy")
+        ok = run["status"] == "completed" and accuracy is not None and math.isfinite(accuracy)
+        scores[cell][factor].append(accuracy if ok else 0.0)
+        labels[cell] = _describe(run["run"])
+    out = {}
+    for cell, by_factor in scores.items():
+        means = {f: sum(v) / len(v) for f, v in by_factor.items()}
+        best = max(means.values())
+        chosen = min((f for f, m in means.items() if m == best), key=lambda f: abs(math.log(f)))
+        out[cell] = {
+            "lr_factor": chosen,
+            "scores": {str(f): means[f] for f in sorted(means)},
+            "seeds": {str(f): len(by_factor[f]) for f in sorted(by_factor)},
+            "cell": labels[cell],
+        }
+    return out
+
+
+def read_select_runs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The selection sweep's runs: their configs, statuses and final validation accuracies."""
+    import yaml
+
+    from normlab.config import from_record
+    from normlab.loggers import CONFIG_FILE
+    from normlab.results import load_runs
+
+    runs = load_runs(sweep_dir)
+    out = []
+    for _, row in runs.iterrows():
+        config = yaml.safe_load((Path(row["run_dir"]) / CONFIG_FILE).read_text())
+        accuracy = row.get("val_acc_eval")
+        finite = accuracy is not None and accuracy == accuracy
+        out.append(
+            {
+                "run": from_record(config),
+                "status": row["status"],
+                "accuracy": float(accuracy) if finite else None,
+            }
+        )
+    return out
+
+
+def write_choice(select_dir: Path) -> Path:
+    choice = choose(read_select_runs(select_dir))
+    path = select_dir / CHOICE_FILE
+    atomic_write_text(path, json.dumps(choice, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def lookup(path: str | Path, run: Any) -> float:
+    """The factor chosen for ``run``'s cell; KeyError if the file has none."""
+    choice = json.loads(Path(path).read_text())
+    return float(choice[cell_id(run)]["lr_factor"])
+
+
+def _describe(run: Any) -> str:
+    return f"{run.norm.label()} bs{run.batch_size} {run.model.name} {run.data.name}"
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def _train(preset: str, overrides: Sequence[str]) -> None:
+    command = [sys.executable, "-m", "normlab.train", "-m", f"+experiment={preset}", *overrides]
+    print("normlab-study:", " ".join(command[2:]), file=sys.stderr, flush=True)
+    subprocess.run(command, check=True)
+
+
+def _study_node(preset: str, overrides: Sequence[str]) -> dict[str, Any]:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from normlab.config import register_configs
+    from normlab.train import CONF_DIR
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"+experiment={preset}", *overrides])
+    return {
+        "study": OmegaConf.to_container(cfg.study, resolve=True),
+        "runs": cfg.paths.runs,
+        "results": cfg.paths.results,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="normlab-study", description=__doc__.splitlines()[0])
+    parser.add_argument("preset", help="a preset with a study node (conf/experiment/NAME.yaml)")
+    parser.add_argument("overrides", nargs="*", help="passed to every normlab-train call")
+    parser.add_argument("--skip-figures", action="store_true")
+    args = parser.parse_args(argv)
+    node = _study_node(args.preset, args.overrides)
+    study = node["study"]
+    if not study.get("seeds"):
+        print(f"normlab-study: {args.preset} has no study.seeds", file=sys.stderr)
+        return 2
+    select = f"{args.preset}_select"
+    factors = ",".join(str(f) for f in study["lr_factors"])
+    select_seeds = ",".join(map(str, study["select_seeds"]))
+    seeds = ",".join(map(str, study["seeds"]))
+    _train(
+        args.preset,
+        [
+            f"sweep={select}",
+            "data.eval_split=validation",
+            f"optim.lr_factor={factors}",
+            f"seed={select_seeds}",
+            *args.overrides,
+        ],
+    )
+    choice = write_choice(Path(node["runs"]) / select)
+    print(f"normlab-study: learning rates chosen: {choice}", file=sys.stderr)
+    _train(
+        args.preset,
+        [f"sweep={args.preset}", f"optim.lr_choice={choice}", f"seed={seeds}", *args.overrides],
+    )
+    if not args.skip_figures:
+        from normlab.plots import main as plot
+
+        runs = Path(node["runs"]) / args.preset
+        plot([str(runs), "--out", str(Path(node["results"]) / "figures" / args.preset)])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
