@@ -77,8 +77,8 @@ class _NormalizeWithBatchStats(torch.autograd.Function):
     The stats come in precomputed (they are needed earlier, e.g. for batch renormalization's r
     and d), so the forward is one elementwise pass of the native kernel, and the backward is
     PyTorch's own training-mode batch-norm backward: the gradient flows through the batch
-    statistics exactly as in ``F.batch_norm(training=True)``. Works with one value per channel, where the native
-    training forward refuses.
+    statistics exactly as in ``F.batch_norm(training=True)``. Works with one value per
+    channel, where the native training forward refuses.
     """
 
     @staticmethod
