@@ -4,9 +4,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.normlab-installed
 JOBS ?= 2
-STUDY ?= seed_question
+QUICK ?= seed_question_quick
+LOCAL ?= results/local
+STUDY ?= seed_question_mlp
+STUDIES ?= seed_question_mlp seed_question_cnn1d seed_question_mnist_mlp seed_question_mnist_cnn renorm_non_iid
+# MNIST-5k and the other real-image data sets are looked for here (data=mnist_5k ...)
+export NORMLAB_DATA ?= $(abspath ../shared/data)
 
-.PHONY: venv run test test-fast lint format bench clean-results
+.PHONY: venv run study studies blowup claims test test-fast lint format bench
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,10 +26,28 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-# The default study on MNIST-1D with $(JOBS) parallel jobs, then its figures and tables.
+# The quick default study on MNIST-1D with $(JOBS) parallel jobs, trained into $(LOCAL) (never
+# over the committed records), then its figures and tables beside the committed runs.
 run: $(STAMP)
-	$(VENV)/bin/normlab-train -m +experiment=$(STUDY) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)
-	$(VENV)/bin/normlab-plot results/runs/$(STUDY) --out results/figures/$(STUDY)
+	$(VENV)/bin/normlab-train -m +experiment=$(QUICK) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) paths.results=$(LOCAL)
+	$(VENV)/bin/normlab-plot $(LOCAL)/runs/$(QUICK) --beside results/runs/$(QUICK) --out $(LOCAL)/figures/$(QUICK)
+
+# One full study (learning rates chosen on a validation split, five seeds on the test split,
+# figures): make study STUDY=seed_question_cnn1d. Resumes where it stopped.
+study: $(STAMP)
+	$(VENV)/bin/normlab-study $(STUDY) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)
+
+# Every committed study, then the claims table over all of them.
+studies: $(STAMP)
+	for s in $(STUDIES); do $(VENV)/bin/normlab-study $$s hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) || exit 1; done
+	$(MAKE) blowup claims
+
+blowup: $(STAMP)
+	$(VENV)/bin/normlab-train -m +experiment=blowup hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)
+	$(VENV)/bin/normlab-plot results/runs/blowup --out results/figures/blowup
+
+claims: $(STAMP)
+	$(VENV)/bin/normlab-claims results/runs --out results/claims.md
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q

@@ -36,8 +36,9 @@ from hydra.core.global_hydra import GlobalHydra
 from normlab.config import RunConfig, validate
 from normlab.data import Dataset, load_dataset, make_sampler
 from normlab.loggers import RunRecord
+from normlab.progress import RunProgress
 from normlab.train import CONF_DIR, build_run_model, seed_everything
-from normlab.trainer import Progress, Trainer
+from normlab.trainer import Trainer
 
 BATCH_SIZES = (1, 32)
 TARGET = 0.95
@@ -105,7 +106,7 @@ def harness_runner(config: RunConfig, data: Dataset, record_dir: Path) -> Runner
     seed_everything(config.seed)
     model = build_run_model(config, data).to(data.x_train.device)
     trainer = Trainer(config, data, model, RunRecord(record_dir), data.x_train.device)
-    trainer.progress = Progress(trainer.total, "off")  # set by fit(), which is not used here
+    trainer.progress = RunProgress(trainer.total, "bench", "off")  # fit() is not used here
 
     def steps(n: int) -> None:
         for _ in range(n):

@@ -171,15 +171,34 @@ def test_every_preset_composes_validates_and_defines_its_grid(preset):
     GlobalHydra.instance().clear()
 
 
-def test_seed_question_grid_covers_modes_batch_sizes_and_seeds():
+@pytest.mark.parametrize(
+    ("preset", "sizes"),
+    [
+        ("seed_question_quick", ["1", "4", "16", "128"]),
+        ("seed_question_mlp", ["1", "2", "4", "8", "16", "32", "128"]),
+    ],
+)
+def test_seed_question_grids_cover_every_mode_and_batch_sizes_1_to_128(preset, sizes):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["+experiment=seed_question"], return_hydra_config=True)
+        cfg = compose("config", overrides=[f"+experiment={preset}"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params
-    assert set(params["norm"].split(",")) >= {"batch", "moving_average", "renorm"}
-    assert params["batch_size"].split(",") == ["1", "2", "4", "8", "16", "32", "128"]
-    assert params["seed"].split(",") == ["0", "1", "2"]
-    assert cfg.data.name == "mnist1d"
+    assert set(params["norm"].split(",")) >= {"batch", "moving_average", "renorm", "online"}
+    assert params["batch_size"].split(",") == sizes
+    assert cfg.data.name == "mnist1d" and cfg.model.name == "mlp"
+    seeds = params["seed"].split(",") if "seed" in params else list(map(str, cfg.study.seeds))
+    assert len(seeds) >= 3
+
+
+def test_study_presets_choose_lr_on_a_grid_and_report_five_seeds():
+    for preset in PRESETS:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=[f"+experiment={preset}"])
+        if len(cfg.study.seeds) > 1:
+            assert len(cfg.study.seeds) >= 5, preset
+            assert 1.0 in cfg.study.lr_factors and len(cfg.study.lr_factors) >= 3, preset
+    GlobalHydra.instance().clear()
 
 
 # ------------------------------------------------------------------------ wandb

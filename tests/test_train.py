@@ -170,3 +170,42 @@ def test_a_divergence_found_at_a_logged_row_is_logged_once(cli):
     metrics = pd.read_csv(result.run_dirs()[0] / "metrics.csv")
     assert result.summary()["status"] == "diverged"
     assert metrics["step"].is_unique
+
+
+@pytest.mark.parametrize("mode", ["batch", "moving_average", "renorm", "online"])
+def test_bfloat16_autocast_keeps_the_norm_statistics_in_float32(cli, mode):
+    result = cli(
+        f"norm={mode}",
+        "precision=bfloat16",
+        "steps=6",
+        "eval_every=3",
+        "checkpoint.keep_final=true",
+    )
+    assert result.code == 0, result.err
+    assert result.summary()["status"] == "completed"
+    import torch
+
+    state = torch.load(result.run_dirs()[0] / "checkpoint.pt", weights_only=True)
+    buffers = {k: v for k, v in state["model"].items() if "running" in k}
+    assert buffers and all(v.dtype == torch.float32 for v in buffers.values())
+    assert all(torch.isfinite(v).all() for v in buffers.values())
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["batch", "moving_average", "renorm", "online", "group"])
+def test_bfloat16_on_cuda_keeps_running_buffers_float32_and_finite(cli, mode):
+    result = cli(
+        f"norm={mode}",
+        "device=cuda",
+        "precision=bfloat16",
+        "steps=20",
+        "eval_every=10",
+        "checkpoint.keep_final=true",
+    )
+    assert result.code == 0, result.err
+    import torch
+
+    state = torch.load(result.run_dirs()[0] / "checkpoint.pt", weights_only=True)
+    for name, value in state["model"].items():
+        if "running" in name:
+            assert value.dtype == torch.float32 and torch.isfinite(value).all(), name

@@ -131,6 +131,7 @@ class EvalConfig:
     eval_batch_size: int = 1000
     precise_bn: bool = False
     precise_batches: int = 50
+    precise_last_only: bool = False  # recompute only at the run's last row (its cost once)
 
 
 @dataclass

@@ -322,7 +322,12 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         row = self.evaluator.evaluate()
-        if self.run.eval.precise_bn and self.norms:
+        last = self.step >= self.total or self.divergence is not None
+        if (
+            self.run.eval.precise_bn
+            and self.norms
+            and (last or not self.run.eval.precise_last_only)
+        ):
             row.update(
                 self.evaluator.precise(self._precise_batches, self.data.x_val, self.data.y_val)
             )
