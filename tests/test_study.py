@@ -66,7 +66,7 @@ def test_a_study_selects_on_validation_then_reports_every_seed_on_test(tmp_path,
     choice = json.loads(
         (results / "runs" / "seed_question_mlp_select" / "lr_choice.json").read_text()
     )
-    ((cell, chosen),) = choice.items()
+    ((_, chosen),) = choice.items()
     scores = chosen["scores"]
     assert chosen["lr_factor"] == float(max(scores, key=scores.get))
     final = sorted((results / "runs" / "seed_question_mlp").glob("*/config.yaml"))
