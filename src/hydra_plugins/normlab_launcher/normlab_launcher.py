@@ -37,6 +37,66 @@ from normlab.signals import checkpoint_active_trainer
 _QUIET = ("hydra._internal.core_plugins.basic_launcher", "hydra_plugins.hydra_joblib_launcher")
 
 
+class CachingConfigLoader:
+    """Hydra's config loader, composing each sweep job once per distinct set of config-group
+    overrides (``norm=renorm``, ``model=mlp``...) and applying the job's plain overrides
+    (``batch_size=4 seed=1``) to a copy, as Hydra does after composing.
+
+    Hydra composes every job of a sweep from scratch, twice (the sweeper checks the batch, the
+    launcher composes again): about 0.1 s each, most of re-running a finished study. The cache
+    lives in the process; a pickled loader (a joblib worker's) starts with an empty one.
+    """
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+        self._composed: dict[tuple[str, ...], Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_loader": self._loader, "_composed": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def load_sweep_config(self, master_config: Any, sweep_overrides: list[str]) -> Any:
+        import copy
+
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from omegaconf import open_dict
+
+        parsed = OverridesParser.create().parse_overrides(list(sweep_overrides))
+        groups = [o for o in parsed if self._loader.repository.group_exists(o.key_or_group)]
+        values = [o for o in parsed if o not in groups]
+        key = tuple(o.input_line for o in groups)
+        if key not in self._composed:
+            self._composed[key] = self._loader.load_sweep_config(master_config, list(key))
+        config = copy.deepcopy(self._composed[key])
+        ConfigLoaderImpl._apply_overrides_to_config(values, config)
+        with open_dict(config.hydra):
+            for override in values:
+                target = config.hydra.overrides
+                (target.hydra if override.is_hydra_override() else target.task).append(
+                    override.input_line
+                )
+            naming = config.hydra.job.config.override_dirname
+            config.hydra.job.override_dirname = get_overrides_dirname(
+                overrides=[o for o in parsed if not o.is_hydra_override()],
+                kv_sep=naming.kv_sep,
+                item_sep=naming.item_sep,
+                exclude_keys=naming.exclude_keys,
+            )
+        return config
+
+
+def _cache_compositions(launcher: Any) -> None:
+    context = launcher.hydra_context
+    if not isinstance(context.config_loader, CachingConfigLoader):
+        context.config_loader = CachingConfigLoader(context.config_loader)
+
+
 def _sweep_progress(launcher: Any, jobs: int) -> SweepProgress:
     task = launcher.config
     return SweepProgress(
@@ -68,6 +128,10 @@ class _QuietHydraLogs:
 class BasicLauncher(HydraBasicLauncher):
     """``hydra/launcher=basic`` (the default): jobs one after another in this process."""
 
+    def setup(self, **kwargs: Any) -> None:
+        super().setup(**kwargs)
+        _cache_compositions(self)
+
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> list[JobReturn]:
@@ -89,6 +153,10 @@ def _indexed_job(index: int, *args: Any) -> tuple[int, JobReturn]:
 class JoblibLauncher(HydraJoblib):
     """``hydra/launcher=joblib``: jobs in parallel worker processes (loky), each reporting its
     steps to the sweep's bar; returns the results in the jobs' order, as Hydra expects."""
+
+    def setup(self, **kwargs: Any) -> None:
+        super().setup(**kwargs)
+        _cache_compositions(self)
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
