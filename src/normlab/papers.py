@@ -16,8 +16,8 @@ import pandas as pd
 
 from normlab.plots.tables import write_table
 
-GN_SOURCE = "Wu & He 2018 (arXiv 1803.08494), Table 3 / Fig. 1"
-BRN_SOURCE = "Ioffe 2017 (arXiv 1702.03275), §4"
+GN_SOURCE = "Wu & He 2018 (arXiv 1803.08494), Fig. 1"
+BRN_SOURCE = "Ioffe 2017 (arXiv 1702.03275)"
 RETHINKING_SOURCE = "Wu & Johnson 2021 (arXiv 2105.07576), Table 2"
 RESNET50 = "ResNet-50, ImageNet, top-1 error (%)"
 INCEPTION = "Inception-v3, ImageNet, top-1 accuracy (%)"

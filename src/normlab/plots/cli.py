@@ -98,7 +98,11 @@ def make_figures(
     if has_divergence(divergence):
         written += write_divergence(divergence, out)
     else:
-        report("skipping divergence table: no run diverged or had parameter-norm growth")
+        stale = [p for p in out.glob("divergence.*") if p.suffix in (".md", ".tex", ".csv")]
+        for path in stale:
+            path.unlink()
+        removed = " (removed its stale files)" if stale else ""
+        report(f"skipping divergence table: no run diverged or had parameter-norm growth{removed}")
     return written
 
 
