@@ -1,24 +1,32 @@
 """Figures and tables from a small results set written by hand in the trainer's record format.
 
 Every expected number below is worked out by hand from the values in :data:`RUNS` and the
-per-step formulas in :func:`metric_rows`, not by the aggregation code under test.
+per-step formulas in :func:`metric_rows`, not by the aggregation code under test. Intervals are
+95 % Student t intervals, ``mean ± t(0.975, n-1) · s / √n``, with t from a printed t table
+(:data:`T975`); rates carry Wilson intervals worked out from the score formula by hand.
 """
 
 from __future__ import annotations
 
-import csv
+import ast
 import json
+import math
 from pathlib import Path
 from statistics import mean, stdev
 
 import pandas as pd
 import pytest
 import yaml
+from records import RUNNING_STATS, norm_node, write_record
 
 from normlab import plots
+from normlab.norms import registry
 from normlab.results import load_runs
 
 STEPS = (0, 10, 20)
+# Student t, 0.975 quantile, by degrees of freedom (any t table, e.g. NIST/SEMATECH e-Handbook
+# of Statistical Methods, Table 1.3.6.7.2)
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}
 RMAX = {0: 1.0, 10: 2.0, 20: 3.0}
 DMAX = {0: 0.0, 10: 2.5, 20: 5.0}
 
@@ -86,6 +94,7 @@ GHOST_RUNS = [
 FIGURES = (
     "accuracy_vs_step",
     "accuracy_vs_batch_size",
+    "accuracy_vs_values_per_channel",
     "train_eval_gap",
     "divergence",
     "divergence_traces",
@@ -93,9 +102,12 @@ FIGURES = (
     "renorm_internals",
     "ghost_batch",
 )
+TABLES = ("md", "tex", "csv")
 
 
 def config(mode, batch_size, seed, kind, extra):
+    """The resolved config in the new record format: only what the mode uses (``momentum`` for
+    modes with running statistics, ``renorm`` for renorm)."""
     momentum = {
         "kind": kind,
         "value": 0.1 if kind == "constant" else None,
@@ -108,29 +120,20 @@ def config(mode, batch_size, seed, kind, extra):
         "floor": 0.0,
         "convention": "momentum",
     }
-    return {
-        "norm": {
-            "mode": mode,
-            "eps": 1e-5,
-            "update": "before",
-            "grad_through_batch": False,
-            "groups": 8,
-            "virtual_batch_size": extra.get("virtual_batch_size"),
-            "alpha_fwd": 0.999,
-            "alpha_bkw": 0.99,
-        },
-        "momentum": momentum,
-        "renorm": {
-            "rmax": {"kind": "piecewise", "knots": [[0.0, 1.0], [1.0, 3.0]]},
-            "dmax": {"kind": "piecewise", "knots": [[0.0, 0.0], [1.0, 5.0]]},
-        },
+    node = {
+        "norm": norm_node(mode, extra.get("virtual_batch_size")),
         "data": {
             "name": "mnist1d",
             "sampler": extra.get("sampler", "iid"),
             "classes_per_batch": 2,
             "drop_last": True,
         },
-        "model": {"name": "mlp", "depth": 3, "width": 64, "bias_before_norm": False},
+        "model": {
+            "name": extra.get("model", "mlp"),
+            "depth": 3,
+            "width": 64,
+            "bias_before_norm": False,
+        },
         "optim": {
             "name": "sgd",
             "lr": extra.get("lr", 0.1),
@@ -151,6 +154,19 @@ def config(mode, batch_size, seed, kind, extra):
         "sweep": "study",
         "tags": [],
     }
+    if mode in RUNNING_STATS:
+        node["momentum"] = momentum
+    if mode == "renorm":
+        node["renorm"] = {
+            "rmax": {"kind": "piecewise", "knots": [[0.0, 1.0], [1.0, 3.0]]},
+            "dmax": {"kind": "piecewise", "knots": [[0.0, 0.0], [1.0, 5.0]]},
+        }
+    return node
+
+
+def label(mode, extra):
+    """The label the trainer records (``norm_label``): ghost batch norm is its own."""
+    return "batch (ghost)" if "virtual_batch_size" in extra else mode
 
 
 def metric_rows(mode, seed, status, acc, gap, kl, precise=None):
@@ -214,47 +230,49 @@ def write_run(root: Path, spec, sweep: str = "study") -> Path:
     ghost = f"-ghost{extra['virtual_batch_size']}" if "virtual_batch_size" in extra else ""
     ghost += f"-lr{extra['lr']}" if "lr" in extra else ""
     ghost += "-precise" if "precise" in extra or "precise_bn" in extra else ""
+    ghost += f"-{extra['model']}" if "model" in extra else ""
     run_id = f"{mode}{ghost}-bs{batch_size}-s{seed}-{kind}-{extra.get('sampler', 'iid')}"
-    run_dir = root / "runs" / sweep / run_id
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(
-        yaml.safe_dump(config(mode, batch_size, seed, kind, extra), sort_keys=False)
-    )
     rows = metric_rows(mode, seed, status, acc, gap, kl, extra.get("precise"))
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    with (run_dir / "metrics.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
     if status == "incomplete":
-        return run_dir
-    last = rows[-1]
-    finite = [r["val_acc_eval"] for r in rows]
-    summary = {
-        "run_id": run_id,
-        "sweep": sweep,
-        "run_dir": str(run_dir),
-        "norm": mode,
-        "batch_size": batch_size,
-        "seed": seed,
-        "status": status,
-        "steps": last["step"],
-        "total_steps": 20,
-        "final": {k: ("inf" if v == float("inf") else v) for k, v in last.items() if k != "step"},
-        "best": {
-            "best_val_acc_eval": max(finite),
-            "best_val_loss": min(r["val_loss"] for r in rows),
-        },
-        "backend_errors": {},
-    }
-    if status == "diverged":
-        summary.update(
-            divergence_step=14, divergence_signal="loss_explosion", divergence_value=float("inf")
-        )
-    if status == "failed":
-        summary["error"] = "RuntimeError: out of memory"
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    return run_dir
+        summary = None
+    else:
+        last = rows[-1]
+        statistics = extra.get("virtual_batch_size", batch_size)
+        summary = {
+            "norm": mode,
+            "norm_label": label(mode, extra),
+            "statistics_batch_size": statistics,
+            # an MLP: one value per example behind each channel's statistic, at every layer
+            "values_per_channel": {f"blocks.{i}.norm": statistics for i in range(3)},
+            "values_per_channel_min": statistics,
+            "batch_size": batch_size,
+            "seed": seed,
+            "status": status,
+            "steps": last["step"],
+            "total_steps": 20,
+            "eval_split": "test",
+            "final": {
+                k: ("inf" if v == float("inf") else v) for k, v in last.items() if k != "step"
+            },
+            "best": {
+                "best_val_acc_eval": max(r["val_acc_eval"] for r in rows),
+                "best_val_loss": min(r["val_loss"] for r in rows),
+            },
+            "backend_errors": {},
+        }
+        if status == "diverged":
+            summary.update(
+                divergence_step=14,
+                divergence_signal="loss_explosion",
+                divergence_value=float("inf"),
+            )
+        if status == "failed":
+            summary["error"] = "RuntimeError: out of memory"
+        if extra.get("param_growth"):
+            summary["param_norm_growth_step"] = 12
+    return write_record(
+        root, sweep, run_id, config(mode, batch_size, seed, kind, extra), summary, rows
+    )
 
 
 def written_runs(tmp_path_factory, name: str, specs) -> Path:
@@ -298,6 +316,21 @@ def row(frame: pd.DataFrame, **where) -> pd.Series:
     return match.iloc[0]
 
 
+def t95(values):
+    """(mean, low, high) of the 95 % t interval, by hand."""
+    centre = mean(values)
+    half = T975[len(values) - 1] * stdev(values) / math.sqrt(len(values))
+    return centre, centre - half, centre + half
+
+
+def interval(point: pd.Series):
+    return (point["mean"], point["low"], point["high"])
+
+
+def close(values):
+    return pytest.approx(values, abs=1e-4)
+
+
 def cli(capsys, *args: str) -> tuple[int, str]:
     code = plots.main([str(a) for a in args])
     return code, capsys.readouterr().out
@@ -311,15 +344,22 @@ def test_cli_writes_every_figure_and_table(results, tmp_path, capsys):
     code, printed = cli(capsys, results / "runs" / "study", "--out", out)
     assert code == 0
     expected = {f"{name}.{ext}" for name in FIGURES for ext in ("png", "pdf")}
-    expected |= {"summary.md", "summary.tex", "summary.csv"}
+    expected |= {f"{table}.{ext}" for table in ("summary", "divergence") for ext in TABLES}
     assert {p.name for p in out.iterdir()} == expected
     for name in expected:
         assert str(out / name) in printed
         assert (out / name).stat().st_size > 0
     assert "skipping 1 incomplete run (killed before finishing): study/renorm-bs4-s2" in printed
     assert "skipping 1 failed run (stopped by an error" in printed
-    assert "skipping accuracy_vs_step_non_iid figure: no non-i.i.d." in printed
-    assert "skipping precise_statistics figure: no run logged val_acc_precise" in printed
+    assert (
+        "skipping accuracy_vs_step_non_iid figure: needs non-i.i.d. runs "
+        "(config.data.sampler=non_iid)" in printed
+    )
+    assert (
+        "skipping precise_statistics figure: needs runs that recomputed precise statistics "
+        "(val_acc_precise logged)" in printed
+    )
+    assert "skipping blowup_mechanism figure: needs runs with a trace.csv" in printed
     assert (out / "accuracy_vs_step.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "accuracy_vs_step.pdf").read_bytes()[:5] == b"%PDF-"
 
@@ -336,8 +376,7 @@ def test_non_iid_figure_is_drawn_when_such_runs_exist(results, non_iid_results, 
     frame = plots.accuracy_vs_step_frame(runs, sampler="non_iid")
     assert set(frame["mode"]) == {"batch"}
     last = row(frame, step=20)
-    assert last["mean"] == pytest.approx(0.33)
-    assert last["std"] == pytest.approx(stdev([0.30, 0.36]))
+    assert interval(last) == close(t95([0.30, 0.36]))
     assert last["n"] == 2
     # and the i.i.d. figure leaves them out
     iid = plots.accuracy_vs_step_frame(runs)
@@ -352,12 +391,19 @@ def test_figures_that_the_results_cannot_support_are_skipped_with_a_reason(tmp_p
     (out / "renorm_internals.png").write_bytes(b"stale")
     code, printed = cli(capsys, tmp_path / "results", "--out", out)
     assert code == 0
-    assert "skipping divergence figure: no run varies lr, depth or momentum schedule" in printed
-    assert "skipping divergence_traces figure: no run diverged" in printed
-    assert "skipping decay_schedules figure: all runs use the same momentum schedule" in printed
-    assert "skipping renorm_internals figure: no renorm run (removed its stale files)" in printed
-    assert "skipping precise_statistics figure: no run logged val_acc_precise" in printed
-    assert "skipping ghost_batch figure: no batch run sets norm.virtual_batch_size" in printed
+    assert "skipping divergence figure: needs runs that vary learning rate, depth" in printed
+    assert "skipping divergence_traces figure: needs runs that diverged" in printed
+    assert "skipping decay_schedules figure: needs runs with two or more momentum" in printed
+    assert (
+        "skipping renorm_internals figure: needs runs that log r/d clipping (an r_clip_frac "
+        "column); none in these results (removed its stale files)" in printed
+    )
+    assert "skipping precise_statistics figure: needs runs that recomputed precise" in printed
+    assert (
+        "skipping ghost_batch figure: needs runs with ghost batches "
+        "(statistics_batch_size < batch_size)" in printed
+    )
+    assert "skipping divergence table: no run diverged or had parameter-norm growth" in printed
     assert not (out / "renorm_internals.png").exists()
     assert (out / "accuracy_vs_batch_size.png").exists()
 
@@ -383,7 +429,7 @@ def test_precise_and_ghost_figures_are_drawn_when_such_runs_exist(
         assert f"{name} figure" not in printed
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (out / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
-    assert "val. accuracy, precise stats (%)" in (out / "summary.md").read_text()
+    assert "held-out acc., precise stats (%)" in (out / "summary.md").read_text()
 
 
 def test_cli_reports_missing_or_empty_results(tmp_path, capsys):
@@ -405,6 +451,16 @@ def test_same_results_give_identical_files(results, tmp_path, capsys):
     assert b"CreationDate" not in (first / "accuracy_vs_batch_size.pdf").read_bytes()
 
 
+def test_bootstrap_intervals_are_chosen_on_the_command_line(results, tmp_path, capsys):
+    code, _ = cli(capsys, results, "--out", tmp_path, "--interval", "bootstrap")
+    assert code == 0
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "95 % percentile-bootstrap interval" in markdown
+    # two seeds 0.81 and 0.83: resampled means are 0.81, 0.82, 0.83 with chances 1/4, 1/2,
+    # 1/4, so the 2.5 % and 97.5 % quantiles are the two values themselves
+    assert "| renorm | 32 | constant | 82.0 [81.0, 83.0] |" in markdown
+
+
 # ----------------------------------------------------------------------------- frames
 
 
@@ -415,27 +471,27 @@ def test_accuracy_vs_batch_size_frame(runs):
         "batch_size",
         "setting",
         "mean",
-        "std",
+        "low",
+        "high",
         "n",
         "n_diverged",
         "n_used",
     ]
     batch4 = row(frame, mode="batch", batch_size=4)
-    assert batch4["mean"] == pytest.approx((0.60 + 0.62 + 0.67) / 3)
-    assert batch4["std"] == pytest.approx(stdev([0.60, 0.62, 0.67]))
+    assert interval(batch4) == close(t95([0.60, 0.62, 0.67]))
+    assert interval(batch4) == close((0.63, 0.5404, 0.7196))  # 0.63 ± 4.303 · 0.03606 / √3
     assert (batch4["n"], batch4["n_diverged"], batch4["setting"]) == (3, 0, "momentum=constant")
     # the failed seed 3 is not counted
     batch32 = row(frame, mode="batch", batch_size=32)
     assert (batch32["mean"], batch32["n"]) == (pytest.approx(0.82), 2)
     ghost = row(frame, mode="batch (ghost)")
     assert (ghost["mean"], ghost["n"]) == (pytest.approx(0.78), 1)
-    assert pd.isna(ghost["std"])
+    assert pd.isna(ghost["low"]) and pd.isna(ghost["high"])  # no interval from one seed
     # renorm bs 4: the incomplete seed 2 is left out
     assert row(frame, mode="renorm", batch_size=4)["mean"] == pytest.approx(0.65)
     # diverged seed 2 counted but not averaged
     ema = row(frame, mode="moving_average", setting="momentum=constant")
-    assert ema["mean"] == pytest.approx(0.43)
-    assert ema["std"] == pytest.approx(stdev([0.40, 0.46]))
+    assert interval(ema) == close(t95([0.40, 0.46]))
     assert (ema["n"], ema["n_diverged"], ema["n_used"]) == (3, 1, 2)
     cosine = row(frame, mode="moving_average", setting="momentum=cosine")
     assert (cosine["mean"], cosine["n_diverged"]) == (pytest.approx(0.52), 0)
@@ -454,21 +510,20 @@ def test_train_eval_gap_frame(runs):
     frame = plots.train_eval_gap_frame(runs)
     assert set(frame["metric"]) == {"gap_train_minus_eval", "kl_train_eval"}
     gap = row(frame, metric="gap_train_minus_eval", mode="batch", batch_size=4)
-    assert gap["mean"] == pytest.approx(0.10)
-    assert gap["std"] == pytest.approx(stdev([0.10, 0.12, 0.08]))
+    assert interval(gap) == close(t95([0.10, 0.12, 0.08]))
     kl = row(frame, metric="kl_train_eval", mode="renorm", batch_size=32)
-    assert kl["mean"] == pytest.approx(0.04)
-    assert kl["std"] == pytest.approx(stdev([0.03, 0.05]))
+    assert interval(kl) == close(t95([0.03, 0.05]))
 
 
 def test_accuracy_vs_step_frame_averages_non_diverged_seeds_per_step(runs):
     frame = plots.accuracy_vs_step_frame(runs)
-    assert list(frame.columns) == ["mode", "setting", "batch_size", "step", "mean", "std", "n"]
+    columns = ["mode", "setting", "batch_size", "step", "mean", "low", "high", "n"]
+    assert list(frame.columns) == columns
     at10 = row(frame, mode="batch", batch_size=4, step=10)
-    assert at10["mean"] == pytest.approx(mean([0.50, 0.52, 0.57]))
-    assert at10["std"] == pytest.approx(stdev([0.50, 0.52, 0.57]))
+    assert interval(at10) == close(t95([0.50, 0.52, 0.57]))
     at0 = row(frame, mode="renorm", batch_size=32, step=0)
-    assert (at0["mean"], at0["std"], at0["n"]) == (pytest.approx(0.1), pytest.approx(0.0), 2)
+    assert interval(at0) == close((0.1, 0.1, 0.1))  # two equal seeds: a zero-width interval
+    assert at0["n"] == 2
     ema = frame.loc[(frame["mode"] == "moving_average") & (frame["setting"] == "momentum=constant")]
     assert list(ema["step"]) == [0, 10, 20]
     assert list(ema["n"]) == [2, 2, 2]  # the diverged seed is drawn on its own
@@ -483,19 +538,19 @@ def test_decay_schedules_frame(runs):
     assert constant["mean"] == pytest.approx(0.25)  # seeds 0 and 1: 0.2 and 0.3
     assert constant["n"] == 2
     cosine = row(frame, momentum_kind="cosine", mode="moving_average", metric="std_ratio", step=10)
-    assert cosine["mean"] == pytest.approx(1.025)
-    assert cosine["std"] == pytest.approx(stdev([1.0, 1.05]))
+    assert interval(cosine) == close(t95([1.0, 1.05]))
     accuracy = row(
         frame, momentum_kind="cosine", mode="moving_average", metric="val_acc_eval", step=20
     )
     assert accuracy["mean"] == pytest.approx(0.52)
 
 
-def test_renorm_internals_frame(runs):
+def test_renorm_internals_frame_holds_the_runs_that_log_clipping(runs):
     frame = plots.renorm_internals_frame(runs)
+    assert set(frame["mode"]) == {"renorm"}  # the only runs with an r_clip_frac column
     r10 = row(frame, batch_size=4, metric="r_clip_frac", step=10)
-    assert (r10["mean"], r10["n"]) == (pytest.approx(0.55), 2)
-    assert r10["std"] == pytest.approx(stdev([0.5, 0.6]))
+    assert interval(r10) == close(t95([0.5, 0.6]))
+    assert r10["n"] == 2
     d20 = row(frame, batch_size=32, metric="d_clip_frac", step=20)
     assert d20["mean"] == pytest.approx((0.1 + 0.15) / 2)
     rmax = frame.loc[(frame["batch_size"] == 4) & (frame["metric"] == "rmax")]
@@ -503,37 +558,59 @@ def test_renorm_internals_frame(runs):
     assert row(frame, batch_size=4, metric="dmax", step=10)["mean"] == pytest.approx(2.5)
 
 
-def test_divergence_frames(runs):
+def test_divergence_frames_carry_wilson_intervals(runs):
     frame = plots.divergence_frame(runs)
     assert set(frame["key"]) == {"config.momentum.kind"}  # lr and depth do not vary
     ema = row(frame, mode="moving_average", value="constant")
     assert (ema["n"], ema["n_diverged"], ema["fraction"]) == (3, 1, pytest.approx(1 / 3))
+    # Wilson, z = 1.95996: (1/3 + z²/6) / (1 + z²/3) ± z / (1 + z²/3) · √(2/27 + z²/36)
+    assert (ema["low"], ema["high"]) == close((0.0615, 0.7923))
     batch = row(frame, mode="batch", value="constant")
     assert (batch["n"], batch["n_diverged"]) == (5, 0)
+    assert (batch["low"], batch["high"]) == close((0.0, 0.4345))  # z² / (5 + z²)
     traces = plots.diverged_traces_frame(runs)
     assert list(traces["step"]) == [0, 10, 15]
     assert set(traces["divergence_step"]) == {14}
     assert traces["loss"].iloc[-1] == float("inf")
 
 
+def test_divergence_table_counts_param_norm_growth_apart(tmp_path):
+    growth = ("batch", 4, 0, "constant", "completed", 0.6, 0.1, 0.2, {"param_growth": True})
+    for spec in (growth, RUNS[1], RUNS[12], RUNS[13], RUNS[14]):
+        write_run(tmp_path, spec)
+    table = plots.divergence_table_frame(load_runs(tmp_path))
+    batch = row(table, mode="batch")
+    assert (batch["n"], batch["n_diverged"], batch["n_param_growth"]) == (2, 0, 1)
+    ema = row(table, mode="moving_average")
+    assert (ema["n"], ema["n_diverged"], ema["n_param_growth"]) == (3, 1, 0)
+    assert (ema["first_divergence_step"], ema["signals"]) == (14, "loss_explosion")
+    markdown = plots.write_divergence(table, tmp_path / "out")[0].read_text()
+    assert "| batch | 4 | 0/2 (0–66 %) | 1/2 |" in markdown  # z² / (2 + z²) = 0.658
+    assert "| moving_average | 4 | 1/3 (6–79 %) | 0/3 | 14 | loss_explosion |" in markdown
+    assert "95 % Wilson interval" in markdown
+
+
 def test_summary_table(runs, tmp_path):
     table = plots.summary_table(runs)
     ema = row(table, mode="moving_average", momentum="constant")
-    assert (ema["n"], ema["n_diverged"]) == (3, 1)
+    assert (ema["n"], ema["n_diverged"], ema["n_param_growth"]) == (3, 1, 0)
     assert ema["diverged_frac"] == pytest.approx(1 / 3)
+    assert (ema["diverged_low"], ema["diverged_high"]) == close((0.0615, 0.7923))
     assert ema["val_acc_eval_mean"] == pytest.approx(0.43)
     assert ema["best_val_acc_eval_mean"] == pytest.approx(0.43)
     batch = row(table, mode="batch", batch_size=4)
     assert batch["val_acc_train_mode_mean"] == pytest.approx(mean([0.70, 0.74, 0.75]))
-    assert batch["kl_train_eval_std"] == pytest.approx(stdev([0.2, 0.3, 0.4]))
+    low, high = t95([0.2, 0.3, 0.4])[1:]
+    assert (batch["kl_train_eval_low"], batch["kl_train_eval_high"]) == close((low, high))
     paths = plots.write_summary(table, tmp_path)
     markdown = paths[0].read_text()
+    assert "mean [95 % t interval] over the seeds that did not diverge" in markdown
     assert "| batch | 4 | constant |" in markdown
-    assert "63.0 ± 3.6" in markdown  # 100 × (0.63 ± 0.0361)
-    assert "1/3" in markdown
+    assert "| 63.0 [54.0, 72.0] |" in markdown  # 100 × (0.63 ± 0.0896)
+    assert "1/3 (6–79 %)" in markdown
     latex = paths[1].read_text()
-    assert r"\begin{tabular}" in latex and r"63.0 $\pm$ 3.6" in latex
-    assert r"moving\_average" in latex
+    assert r"\begin{tabular}" in latex and "63.0 [54.0, 72.0]" in latex
+    assert r"moving\_average" in latex and r"1/3 (6--79 \%)" in latex
     csv_table = pd.read_csv(paths[2])
     assert len(csv_table) == len(table)
 
@@ -546,7 +623,8 @@ def test_precise_statistics_frame(precise_results):
         "batch_size",
         "setting",
         "mean",
-        "std",
+        "low",
+        "high",
         "n",
         "n_diverged",
         "n_used",
@@ -556,19 +634,16 @@ def test_precise_statistics_frame(precise_results):
     assert pairs == {("batch", 4), ("batch", 32), ("renorm", 4)}
     assert set(frame["setting"]) == {""}
     ema = row(frame, metric="val_acc_eval", mode="batch", batch_size=4)
-    assert (ema["mean"], ema["std"]) == (pytest.approx(0.61), pytest.approx(stdev([0.60, 0.62])))
+    assert interval(ema) == close(t95([0.60, 0.62]))
     assert (ema["n"], ema["n_diverged"], ema["n_used"]) == (3, 1, 2)
     precise = row(frame, metric="val_acc_precise", mode="batch", batch_size=4)
-    assert precise["mean"] == pytest.approx((0.65 + 0.64) / 2)
-    assert precise["std"] == pytest.approx(stdev([0.65, 0.64]))
-    # paired: the spread of the per-seed differences 0.05 and 0.02
+    assert interval(precise) == close(t95([0.65, 0.64]))
+    # paired: the interval of the per-seed differences 0.05 and 0.02
     gain = row(frame, metric="precise_minus_eval", mode="batch", batch_size=4)
-    assert gain["mean"] == pytest.approx(0.035)
-    assert gain["std"] == pytest.approx(stdev([0.05, 0.02]))
+    assert interval(gain) == close(t95([0.05, 0.02]))
     assert (gain["n"], gain["n_diverged"]) == (3, 1)
     big = row(frame, metric="precise_minus_eval", mode="batch", batch_size=32)
-    assert big["mean"] == pytest.approx(0.0, abs=1e-12)
-    assert big["std"] == pytest.approx(stdev([0.01, -0.01]))
+    assert interval(big) == close(t95([0.01, -0.01]))
     assert row(frame, metric="val_acc_precise", mode="batch", batch_size=32)["mean"] == (
         pytest.approx(0.82)
     )
@@ -581,7 +656,7 @@ def test_ghost_batch_frame(ghost_results, runs):
     frame = plots.ghost_batch_frame(load_runs(ghost_results))
     eval_mode = frame.loc[frame["metric"] == "val_acc_eval"]
     # the lr=0.05 run is its own setting; batch size 16 (no ghost run) and renorm are left out
-    columns = ["setting", "batch_size", "virtual_batch_size", "mode"]
+    columns = ["setting", "batch_size", "statistics_batch_size", "mode"]
     assert list(eval_mode[columns].itertuples(index=False, name=None)) == [
         ("lr=0.05", 32, 8, "batch (ghost)"),
         ("lr=0.1", 32, 4, "batch (ghost)"),
@@ -589,35 +664,29 @@ def test_ghost_batch_frame(ghost_results, runs):
         ("lr=0.1", 32, 32, "batch"),
         ("lr=0.1", 64, 8, "batch (ghost)"),
     ]
-    v4 = row(eval_mode, setting="lr=0.1", batch_size=32, virtual_batch_size=4)
-    assert (v4["mean"], v4["std"], v4["n"]) == (
-        pytest.approx(0.72),
-        pytest.approx(stdev([0.70, 0.74])),
-        2,
-    )
-    v8 = row(eval_mode, setting="lr=0.1", batch_size=32, virtual_batch_size=8)
+    v4 = row(eval_mode, setting="lr=0.1", batch_size=32, statistics_batch_size=4)
+    assert interval(v4) == close(t95([0.70, 0.74]))
+    assert v4["n"] == 2
+    v8 = row(eval_mode, setting="lr=0.1", batch_size=32, statistics_batch_size=8)
     assert v8["mean"] == pytest.approx((0.76 + 0.79) / 2)
     assert (v8["n"], v8["n_diverged"], v8["n_used"]) == (3, 1, 2)
-    plain = row(eval_mode, batch_size=32, virtual_batch_size=32)
-    assert (plain["mean"], plain["std"]) == (
-        pytest.approx(0.82),
-        pytest.approx(stdev([0.80, 0.84])),
-    )
+    plain = row(eval_mode, batch_size=32, statistics_batch_size=32)
+    assert interval(plain) == close(t95([0.80, 0.84]))
     assert row(eval_mode, batch_size=64)["mean"] == pytest.approx(0.735)
     single = row(eval_mode, setting="lr=0.05")
-    assert (single["mean"], single["n"]) == (pytest.approx(0.60), 1) and pd.isna(single["std"])
+    assert (single["mean"], single["n"]) == (pytest.approx(0.60), 1) and pd.isna(single["low"])
     train_mode = frame.loc[frame["metric"] == "val_acc_train_mode"]
-    t4 = row(train_mode, setting="lr=0.1", batch_size=32, virtual_batch_size=4)
-    assert (t4["mean"], t4["std"]) == (pytest.approx(0.81), pytest.approx(stdev([0.80, 0.82])))
-    assert row(train_mode, batch_size=32, virtual_batch_size=32)["mean"] == pytest.approx(0.85)
-    assert row(train_mode, setting="lr=0.1", batch_size=32, virtual_batch_size=8)["mean"] == (
+    t4 = row(train_mode, setting="lr=0.1", batch_size=32, statistics_batch_size=4)
+    assert interval(t4) == close(t95([0.80, 0.82]))
+    assert row(train_mode, batch_size=32, statistics_batch_size=32)["mean"] == pytest.approx(0.85)
+    assert row(train_mode, setting="lr=0.1", batch_size=32, statistics_batch_size=8)["mean"] == (
         pytest.approx(0.82)
     )
-    assert row(train_mode, batch_size=64)["std"] == pytest.approx(stdev([0.80, 0.82]))
-    # the main results: one ghost run (virtual 8) and plain BN at 32 (the failed seed left out)
+    assert interval(row(train_mode, batch_size=64)) == close(t95([0.80, 0.82]))
+    # the main results: one ghost run (statistics over 8) and plain BN at 32 (failed seed out)
     main = plots.ghost_batch_frame(runs)
     main = main.loc[main["metric"] == "val_acc_eval"]
-    assert list(main["virtual_batch_size"]) == [8, 32] and set(main["setting"]) == {""}
+    assert list(main["statistics_batch_size"]) == [8, 32] and set(main["setting"]) == {""}
     assert list(main["mean"]) == [pytest.approx(0.78), pytest.approx(0.82)]
     assert list(main["n"]) == [1, 2]
 
@@ -626,17 +695,182 @@ def test_summary_table_with_precise_statistics(precise_results, runs, tmp_path):
     assert "val_acc_precise_mean" not in plots.summary_table(runs)
     table = plots.summary_table(load_runs(precise_results))
     batch = row(table, mode="batch", batch_size=4)
-    assert batch["val_acc_precise_mean"] == pytest.approx(0.645)
-    assert batch["val_acc_precise_std"] == pytest.approx(stdev([0.65, 0.64]))
+    precise = (batch["val_acc_precise_mean"], batch["val_acc_precise_low"])
+    assert precise == close(t95([0.65, 0.64])[:2])
     # per run, the mean over its evaluations (steps 0, 10, 20), not the last one
-    assert batch["precise_seconds_mean"] == pytest.approx(mean([0.020, 0.021]))
-    assert batch["precise_seconds_std"] == pytest.approx(stdev([0.020, 0.021]))
+    seconds = ("precise_seconds_mean", "precise_seconds_low", "precise_seconds_high")
+    assert tuple(batch[c] for c in seconds) == close(t95([0.020, 0.021]))
     assert row(table, mode="renorm")["precise_seconds_mean"] == pytest.approx(0.0205)
     for mode, size in (("none", 4), ("batch", 64)):
         assert pd.isna(row(table, mode=mode, batch_size=size)["val_acc_precise_mean"])
     markdown = plots.write_summary(table, tmp_path)[0].read_text()
-    assert "val. accuracy, precise stats (%) | precise-BN time per eval. (s) |" in markdown
-    assert "| 64.5 ± 0.7 |" in markdown
+    assert "held-out acc., precise stats (%) | precise-BN time per eval. (s) |" in markdown
+    assert "| 64.5 [58.1, 70.9] |" in markdown  # 0.645 ± 12.706 · 0.00707 / √2
+
+
+# ----------------------------------------------------------------------------- values per channel
+
+
+def channel_run(root, model, batch_size, seed, accuracy, per_layer, with_min=True):
+    """A completed run of ``model`` whose record lists the values behind each layer's
+    per-channel statistics."""
+    spec = (
+        "batch",
+        batch_size,
+        seed,
+        "constant",
+        "completed",
+        accuracy,
+        0.0,
+        0.0,
+        {"model": model},
+    )
+    run_dir = write_run(root, spec)
+    summary = json_load(run_dir / "summary.json")
+    summary["values_per_channel"] = per_layer
+    summary.pop("values_per_channel_min")
+    if with_min:
+        summary["values_per_channel_min"] = min(per_layer.values())
+    json_dump(run_dir / "summary.json", summary)
+
+
+def yaml_text(node):
+    return yaml.safe_dump(node, sort_keys=False)
+
+
+def json_load(path):
+    return json.loads(path.read_text())
+
+
+def json_dump(path, value):
+    path.write_text(json.dumps(value))
+
+
+def test_values_per_channel_puts_mlp_and_conv_runs_on_one_axis(tmp_path, capsys):
+    # MLP: each channel's statistic over a batch of B comes from B values at every layer.
+    # cnn1d on MNIST-1D (length 40, two stride-2 convolutions): B × 40, B × 20, B × 10 values.
+    for seed, (mlp8, mlp32, conv8, conv32) in enumerate(
+        ((0.40, 0.60, 0.50, 0.62), (0.44, 0.62, 0.54, 0.66))
+    ):
+        channel_run(tmp_path, "mlp", 8, seed, mlp8, {f"blocks.{i}.norm": 8 for i in range(3)})
+        channel_run(tmp_path, "mlp", 32, seed, mlp32, {f"blocks.{i}.norm": 32 for i in range(3)})
+        conv = {"conv.0.norm": 8 * 40, "conv.1.norm": 8 * 20, "conv.2.norm": 8 * 10}
+        channel_run(tmp_path, "cnn1d", 8, seed, conv8, conv, with_min=seed == 0)
+        conv = {"conv.0.norm": 32 * 40, "conv.1.norm": 32 * 20, "conv.2.norm": 32 * 10}
+        channel_run(tmp_path, "cnn1d", 32, seed, conv32, conv)
+    frame = plots.values_per_channel_frame(load_runs(tmp_path))
+    points = list(frame[["architecture", "values_per_channel"]].itertuples(index=False, name=None))
+    assert points == [
+        ("cnn1d on mnist1d", 80),  # 8 × 10, the fewest: the loader takes the min when absent
+        ("cnn1d on mnist1d", 320),  # 32 × 10
+        ("mlp on mnist1d", 8),
+        ("mlp on mnist1d", 32),
+    ]
+    assert interval(row(frame, architecture="cnn1d on mnist1d", values_per_channel=80)) == close(
+        t95([0.50, 0.54])
+    )
+    assert row(frame, architecture="mlp on mnist1d", values_per_channel=32)["n"] == 2
+    code, _ = cli(capsys, tmp_path, "--out", tmp_path / "figures")
+    assert code == 0 and (tmp_path / "figures" / "accuracy_vs_values_per_channel.png").exists()
+
+
+# ----------------------------------------------------------------------------- blow-up traces
+
+
+def traced_run(root, mode, lr, seed, diverge_at=None, steps=100, span=5):
+    """A run that traced its first and last ``span`` steps: bias norm ``1 + step / 10`` (a
+    blow-up's grows ten times faster), loss inf at the divergence step."""
+    status = "diverged" if diverge_at else "completed"
+    spec = (mode, 32, seed, "constant", status, 0.5, 0.0, 0.0, {"lr": lr})
+    run_dir = write_run(root, spec, sweep="blowup")
+    last = diverge_at or steps
+    trace = []
+    for step in [*range(span), *range(last - span + 1, last + 1)]:
+        growth = 1.0 if diverge_at is None else 10.0
+        trace.append(
+            {
+                "step": step,
+                "loss": float("inf") if step == diverge_at else 2.0,
+                "param_norm": 10.0 + step,
+                "prenorm_bias_norm": 1.0 + growth * step / 10,
+                "prenorm_mean_rms": 0.1 + growth * step / 100,
+            }
+        )
+    pd.DataFrame(trace).to_csv(run_dir / "trace.csv", index=False)
+    if diverge_at:
+        summary = json_load(run_dir / "summary.json")
+        summary["divergence_step"] = diverge_at
+        json_dump(run_dir / "summary.json", summary)
+    return run_dir
+
+
+def test_blowup_mechanism_draws_blow_ups_beside_runs_of_their_setting(tmp_path, capsys):
+    blown = [traced_run(tmp_path, "moving_average", 0.5, s, diverge_at=40) for s in (0, 1)]
+    calm = traced_run(tmp_path, "batch", 0.5, 0)
+    traced_run(tmp_path, "moving_average", 0.01, 0)  # nothing blew up at lr 0.01: left out
+    rows = plots.traced_runs(load_runs(tmp_path))
+    assert set(rows["setting"]) == {"lr=0.5"}
+    assert set(rows["run_dir"]) == {str(p) for p in (*blown, calm)}
+    first = rows.loc[rows["run_dir"] == str(blown[0])]
+    assert list(first["step"]) == [0, 1, 2, 3, 4, 36, 37, 38, 39, 40]
+    assert first["prenorm_bias_norm"].iloc[-1] == pytest.approx(41.0)
+    assert set(first["divergence_step"]) == {40}
+    code, printed = cli(capsys, tmp_path, "--out", tmp_path / "figures")
+    assert code == 0 and "blowup_mechanism figure" not in printed
+    assert (tmp_path / "figures" / "blowup_mechanism.png").exists()
+
+
+# ----------------------------------------------------------------------------- records, styles
+
+
+def test_old_records_get_their_label_and_statistics_from_the_registry(tmp_path):
+    """Records written before ``norm_label``: every option of every mode in config.yaml."""
+    every_option = {
+        "mode": "batch",
+        "eps": 1e-5,
+        "update": "before",
+        "grad_through_batch": False,
+        "groups": 8,
+        "virtual_batch_size": 8,
+        "alpha_fwd": 0.999,
+        "alpha_bkw": 0.99,
+    }
+    for mode, virtual, gtb in (("batch", 8, False), ("moving_average", None, True)):
+        spec = (mode, 32, 0, "constant", "completed", 0.5, 0.0, 0.0, {})
+        run_dir = write_run(tmp_path, spec)
+        node = config(*spec[:4], {})
+        node["norm"] = {**every_option, "mode": mode, "virtual_batch_size": virtual,
+                        "grad_through_batch": gtb}  # fmt: skip
+        (run_dir / "config.yaml").write_text(yaml_text(node))
+        summary = json_load(run_dir / "summary.json")
+        for key in ("norm_label", "statistics_batch_size"):
+            summary.pop(key)
+        json_dump(run_dir / "summary.json", summary)
+    used = plots.prepare_runs(load_runs(tmp_path)).set_index("mode")
+    assert used.loc["batch (ghost)", "statistics_batch_size"] == 8
+    assert used.loc["moving_average (grad through batch)", "statistics_batch_size"] == 32
+
+
+def test_palette_comes_from_the_registry_and_outside_labels_get_their_own():
+    styles = plots.palette(["batch", "batch (ghost)", "my_norm", "another"])
+    assert styles["batch"] == registry.styles()["batch"]
+    builtin = {(s.color, s.marker) for s in registry.styles().values()}
+    extra = {(styles[k].color, styles[k].marker) for k in ("my_norm", "another")}
+    assert len(extra) == 2 and not extra & builtin
+
+
+def test_plot_code_names_no_mode():
+    """Figures derive their labels from the runs: no mode name or label as a string literal."""
+    names = set(registry.names()) | set(registry.label_order())
+    package = Path(plots.__file__).parent
+    for path in package.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        literals = {
+            node.value
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        }
+        assert not literals & names, (path.name, literals & names)
 
 
 # ----------------------------------------------------------------------------- one run
@@ -650,11 +884,6 @@ def test_run_figure_from_one_runs_metrics(results, tmp_path):
     without = metrics.drop(columns=["mean_shift", "val_acc_train_mode"])
     assert plots.run_figure(without, tmp_path / "bare").suffix == ".png"
     assert plots.run_figure(metrics, tmp_path / "run.pdf").read_bytes()[:5] == b"%PDF-"
+    from normlab.plots import run_figure
 
-
-def test_every_mode_has_its_own_colour():
-    labels = [*plots.MODE_COLORS]
-    assert len(set(plots.MODE_COLORS.values())) == len(labels) == 8
-    assert plots.mode_label("batch", 8) == "batch (ghost)"
-    assert plots.mode_label("batch", None) == "batch"
-    assert plots.mode_color("batch (ghost)") != plots.mode_color("batch")
+    assert run_figure is plots.run_figure

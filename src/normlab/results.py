@@ -1,13 +1,19 @@
 """Read run records under ``results/`` into pandas, without wandb and without retraining.
 
 A run record is a directory holding ``config.yaml``, ``metrics.csv`` and ``summary.json`` (see
-:mod:`normlab.loggers`). Runs whose summary never reached a final status (killed, or still
-running elsewhere) are kept with ``status = "incomplete"`` and a warning, so a sweep in progress
-or a crashed job is visible rather than silently missing.
+:mod:`normlab.loggers`), and ``trace.csv`` for runs that traced their first and last steps. Runs
+whose summary never reached a final status (killed, or still running elsewhere) are kept with
+``status = "incomplete"`` and a warning, so a sweep in progress or a crashed job is visible
+rather than silently missing.
+
+Records written before the trainer recorded ``norm_label`` and ``statistics_batch_size`` get
+them from the normalization registry, from the options their ``config.yaml`` holds
+(:func:`legacy_fields`), so old and new records are drawn alike.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from collections.abc import Iterable, Mapping
@@ -17,10 +23,14 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from normlab.errors import ConfigError
 from normlab.files import RunLock
 from normlab.loggers import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
 FINAL_STATUSES = ("completed", "diverged", "interrupted", "failed")
+TRACE_FILE = "trace.csv"
+# Old records stopped a run at a parameter-norm limit with this signal; it is growth, not blow-up.
+LEGACY_GROWTH_SIGNAL = "param_norm"
 
 
 def find_runs(*roots: str | Path) -> list[Path]:
@@ -81,6 +91,9 @@ def _run_row(run_dir: Path) -> dict[str, Any]:
     row.update({k: v for k, v in summary.items() if not isinstance(v, Mapping)})
     for group in ("final", "best"):
         row.update(summary.get(group, {}))
+    per_layer = summary.get("values_per_channel")
+    if isinstance(per_layer, Mapping) and per_layer and "values_per_channel_min" not in summary:
+        row["values_per_channel_min"] = min(per_layer.values())
     # where the record is now, not where it was written: results move between machines
     row.update(
         run_dir=str(run_dir),
@@ -94,10 +107,67 @@ def _run_row(run_dir: Path) -> dict[str, Any]:
 def load_runs(*roots: str | Path) -> pd.DataFrame:
     """One row per run: status, final and best metrics, timing, and the config as
     ``config.<dotted key>`` columns."""
-    rows = [_run_row(d) for d in find_runs(*roots)]
+    rows = [legacy_fields(_run_row(d)) for d in find_runs(*roots)]
     frame = pd.DataFrame(rows)
     _warn_incomplete(frame)
     return frame
+
+
+def legacy_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with the fields older records lack: ``norm_label`` and ``statistics_batch_size``
+    as the registry records them for the mode and options in ``config.yaml`` (the mode's name
+    and the batch size where it cannot tell), and ``param_norm_growth_step`` of a run stopped
+    at the old parameter-norm limit."""
+    if row.get("divergence_signal") == LEGACY_GROWTH_SIGNAL and "param_norm_growth_step" not in row:
+        row["param_norm_growth_step"] = row.get("divergence_step")
+    if "norm_label" in row and "statistics_batch_size" in row:
+        return row
+    mode, batch_size = row.get("config.norm.mode"), row.get("config.batch_size")
+    if mode is None or batch_size is None:
+        return row
+    recorded = _registry_record(row, str(mode), int(batch_size))
+    for key, value in recorded.items():
+        row.setdefault(key, value)
+    return row
+
+
+def _registry_record(row: Mapping[str, Any], mode: str, batch_size: int) -> dict[str, Any]:
+    fallback = {"norm_label": mode, "statistics_batch_size": batch_size}
+    if "config.norm._target_" in row:
+        return fallback
+    from normlab.norms import registry  # registers the built-in modes
+
+    if mode not in registry.names():
+        return fallback
+    spec = registry.get(mode)
+    names = {f.name for f in dataclasses.fields(spec.options)}
+    # old records hold every option of every mode: keep this mode's own
+    values = {k: row[f"config.norm.{k}"] for k in names if f"config.norm.{k}" in row}
+    values = {k: v for k, v in values.items() if not _is_nan(v)}
+    try:
+        choice = registry.choose({"mode": mode, **values})
+    except (ConfigError, TypeError, ValueError):
+        return fallback
+    return {**fallback, **choice.record(batch_size)}
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and value != value
+
+
+def load_traces(runs: pd.DataFrame) -> pd.DataFrame:
+    """Every row of the ``trace.csv`` of the runs in ``runs`` (those that traced), with their
+    ``run_dir``: per-step ``loss``, ``param_norm``, ``prenorm_bias_norm``, ``prenorm_mean_rms``
+    for the first and the last traced steps."""
+    frames = []
+    for run_dir in runs.get("run_dir", pd.Series(dtype=object)):
+        path = Path(run_dir) / TRACE_FILE
+        if not path.exists() or path.stat().st_size == 0:
+            continue
+        frames.append(pd.read_csv(path).assign(run_dir=run_dir))
+    if not frames:
+        return pd.DataFrame(columns=["run_dir", "step"])
+    return pd.concat(frames, ignore_index=True)
 
 
 def _warn_incomplete(frame: pd.DataFrame) -> None:

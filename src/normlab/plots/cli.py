@@ -1,0 +1,176 @@
+"""``normlab-plot RESULTS... --out DIR [--wandb] [--interval t|bootstrap]``: every figure the
+results allow, the summary and divergence tables, and optionally the same in a wandb summary run.
+
+Exit codes: 0 files written, 1 no run records under the given paths, 2 a path does not exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from normlab import stats
+from normlab.plots.accuracy import (
+    plot_accuracy_vs_batch_size,
+    plot_accuracy_vs_step,
+    plot_accuracy_vs_step_non_iid,
+    plot_train_eval_gap,
+)
+from normlab.plots.channels import plot_accuracy_vs_values_per_channel
+from normlab.plots.clipping import plot_renorm_internals
+from normlab.plots.decay import plot_decay_schedules
+from normlab.plots.divergence import (
+    plot_blowup_mechanism,
+    plot_divergence,
+    plot_divergence_traces,
+)
+from normlab.plots.frames import divergence_table_frame
+from normlab.plots.ghost import plot_ghost_batch
+from normlab.plots.precise import plot_precise_statistics
+from normlab.plots.runs import Skip, pooled_keys, prepare_runs, skipped_runs
+from normlab.plots.style import save_figure
+from normlab.plots.tables import (
+    has_divergence,
+    summary_display,
+    summary_table,
+    write_divergence,
+    write_summary,
+)
+from normlab.results import load_metrics, load_runs
+
+FIGURES: dict[str, Callable[[pd.DataFrame, pd.DataFrame | None], Figure]] = {
+    "accuracy_vs_step": plot_accuracy_vs_step,
+    "accuracy_vs_step_non_iid": plot_accuracy_vs_step_non_iid,
+    "accuracy_vs_batch_size": plot_accuracy_vs_batch_size,
+    "accuracy_vs_values_per_channel": plot_accuracy_vs_values_per_channel,
+    "train_eval_gap": plot_train_eval_gap,
+    "divergence": plot_divergence,
+    "divergence_traces": plot_divergence_traces,
+    "blowup_mechanism": plot_blowup_mechanism,
+    "decay_schedules": plot_decay_schedules,
+    "renorm_internals": plot_renorm_internals,
+    "precise_statistics": plot_precise_statistics,
+    "ghost_batch": plot_ghost_batch,
+}
+
+
+def _clear(out: Path, name: str) -> bool:
+    stale = [p for p in (out / f"{name}.png", out / f"{name}.pdf") if p.exists()]
+    for path in stale:
+        path.unlink()
+    return bool(stale)
+
+
+def make_figures(
+    runs: pd.DataFrame, out: Path, report: Callable[[str], None] = print
+) -> list[Path]:
+    """Every figure of :data:`FIGURES` that ``runs`` allow, and the tables, into ``out``; one
+    message through ``report`` per skipped figure or group of runs."""
+    out.mkdir(parents=True, exist_ok=True)
+    for message in skipped_runs(runs):
+        report(message)
+    pooled = pooled_keys(runs)
+    if pooled:
+        report(f"note: runs differing only in {', '.join(pooled)} are averaged together")
+    used = prepare_runs(runs)
+    metrics = load_metrics(runs=used, config_keys=("run_dir",)) if not used.empty else None
+    written: list[Path] = []
+    for name, plot in FIGURES.items():
+        try:
+            figure = plot(runs, metrics)
+        except Skip as reason:
+            removed = " (removed its stale files)" if _clear(out, name) else ""
+            report(f"skipping {name} figure: {reason}{removed}")
+            continue
+        for suffix in (".png", ".pdf"):
+            written.append(save_figure(figure, out / f"{name}{suffix}"))
+    if used.empty:
+        report("skipping summary tables: no completed or diverged run")
+        return written
+    written += write_summary(summary_table(runs, metrics), out)
+    divergence = divergence_table_frame(runs)
+    if has_divergence(divergence):
+        written += write_divergence(divergence, out)
+    else:
+        stale = [p for p in out.glob("divergence.*") if p.suffix in (".md", ".tex", ".csv")]
+        for path in stale:
+            path.unlink()
+        removed = " (removed its stale files)" if stale else ""
+        report(f"skipping divergence table: no run diverged or had parameter-norm growth{removed}")
+    return written
+
+
+def plot_results(
+    *roots: str | Path,
+    out: str | Path = "results/figures",
+    report: Callable[[str], None] = print,
+    wandb: bool = False,
+) -> list[Path]:
+    """Load the run records under ``roots`` and write every figure and table into ``out``;
+    with ``wandb``, log them to a summary run too (:mod:`normlab.dashboard`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # incomplete runs are reported by make_figures
+        runs = load_runs(*roots)
+    if runs.empty:
+        return []
+    written = make_figures(runs, Path(out), report)
+    if wandb and not prepare_runs(runs).empty:
+        from normlab import dashboard
+
+        tables = {"summary": summary_display(summary_table(runs))}
+        run_dir = dashboard.log_summary(runs, "plots", written, tables, Path(roots[0]))
+        report(f"logged {len(tables)} table(s) and the figures to wandb: {run_dir}")
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="normlab-plot", description="Figures and summary tables from normlab run records."
+    )
+    parser.add_argument(
+        "results",
+        nargs="+",
+        type=Path,
+        help="results directories (a sweep, results/runs, or one run)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results/figures"),
+        help="where figures and tables go (default: results/figures)",
+    )
+    parser.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log figures and tables to a wandb summary run in the sweep's group "
+        "(offline unless WANDB_MODE says otherwise)",
+    )
+    parser.add_argument(
+        "--interval",
+        choices=stats.METHODS,
+        default="t",
+        help="interval of the means over seeds: t (default) or a percentile bootstrap",
+    )
+    args = parser.parse_args(argv)
+    missing = [str(p) for p in args.results if not p.exists()]
+    if missing:
+        print(f"normlab-plot: no such directory: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    with stats.interval_method(args.interval):
+        written = plot_results(*args.results, out=args.out, wandb=args.wandb)
+    if not written:
+        print(
+            f"normlab-plot: no run records under {', '.join(map(str, args.results))}",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"wrote {len(written)} files:")
+    for path in written:
+        print(f"  {path}")
+    return 0

@@ -1,0 +1,303 @@
+"""``normlab-claims`` on a results set built here with effects chosen so that each verdict is
+known by hand (4 seeds; t(0.975, 3) = 3.182 and t(0.975, 6) = 2.447 from a t table; Wilson and
+Newcombe intervals from their formulas, z = 1.96):
+
+- study ``sq``: batch − moving_average is +0.115 [0.0945, 0.1355] at batch 32 (holds) and
+  −0.095 [−0.1155, −0.0745] at batch 4 (does not hold): the seed question is *mixed*. There
+  renorm − batch is +0.055 [0.0458, 0.0642] at batch 4 (micro-batches: holds) and +0.0005
+  [−0.0004, 0.0014] at batch 32 (above −1 pp: no loss, holds).
+- study ``niid`` (non-i.i.d. batches): renorm − batch is +0.0005 [−0.0016, 0.0026], inside
+  ±1 pp: the non-i.i.d. gain does not hold.
+- study ``blow`` (bias before norm): at lr 0.5 moving_average diverged 4/4, batch 0/4: rate
+  difference 1 [0.307, 1] (holds); at lr 0.01 0/4 each: [−0.49, 0.49] (inconclusive); so the
+  blow-up *holds*. The bias norm grows from 1 to 10–13 under moving_average and to 1.1–1.2
+  under batch at lr 0.5 (ln ratio ≈ 2.3, holds) and alike at lr 0.01 (0 [0, 0], within ±0.1:
+  does not hold): bias growth is *mixed*.
+- study ``grad``: moving_average diverged 3/4, with gradients through the batch 0/4: rate
+  difference 0.75 [0.085, 0.954], holds.
+- study ``gn``: batch loses 0.10 from batch 32 to 8 (Welch [0.078, 0.122]) and 0.28 to 2
+  (holds); group moves 0 [−0.005, 0.005] (flat within ±1 pp: holds); online loses 0.10 and
+  0.20 (outside ±1 pp: does not hold).
+- study ``precise``: ghost batch norm with statistics over 2 gains +0.055 [0.0458, 0.0642]
+  from precise statistics (holds); plain BN at 32 gains +0.005 [−0.028, 0.038]
+  (inconclusive).
+
+Learning-rate selection runs (``stage: select``) and validation-split runs would change
+these numbers if they were counted; they are not.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+from records import norm_node, write_record
+
+from normlab import claims, papers
+from normlab.results import load_runs
+
+SEEDS = (0, 1, 2, 3)
+
+
+def label(mode, virtual=None, grad=False):
+    if virtual is not None:
+        return "batch (ghost)"
+    return "moving_average (grad through batch)" if grad else mode
+
+
+def run(root, sweep, mode, batch_size, seed, accuracy, **kw):
+    """One record; ``kw``: virtual, grad, sampler, lr, bias (last pre-norm bias norm, first
+    is 1), diverged, gain (val_acc_precise − val_acc_eval), stage, split, model."""
+    virtual, grad = kw.get("virtual"), kw.get("grad", False)
+    norm = norm_node(mode, virtual) if mode != "moving_average" else norm_node(mode)
+    if mode == "moving_average":
+        norm["grad_through_batch"] = grad
+    config = {
+        "norm": norm,
+        "data": {"name": "mnist1d", "sampler": kw.get("sampler", "iid")},
+        "model": {
+            "name": kw.get("model", "mlp"),
+            "depth": 3,
+            "bias_before_norm": "bias" in kw,
+        },
+        "optim": {"name": "sgd", "lr": kw.get("lr", 0.1)},
+        "batch_size": batch_size,
+        "seed": seed,
+        "sweep": sweep,
+        "eval": {"precise_bn": "gain" in kw},
+    }
+    if mode in ("batch", "moving_average", "renorm"):
+        config["momentum"] = {"kind": "constant", "value": 0.1}
+    diverged = kw.get("diverged", False)
+    final = {"val_acc_eval": 0.1 if diverged else accuracy}
+    if "gain" in kw:
+        final["val_acc_precise"] = accuracy + kw["gain"]
+    # the bias feeding the norm layers is logged only where the model has one
+    bias = (lambda value: {"prenorm_bias_norm": value}) if "bias" in kw else (lambda value: {})
+    rows = [{"step": 0, "loss": 2.3, "val_acc_eval": 0.1, **bias(1.0)}]
+    rows.append({"step": 10, "loss": 1.0, "val_acc_eval": accuracy, **bias(kw.get("bias"))})
+    if diverged:
+        rows.append({"step": 15, "loss": math.inf, **bias(math.inf)})
+    summary = {
+        "status": "diverged" if diverged else "completed",
+        "norm": mode,
+        "norm_label": label(mode, virtual, grad),
+        "statistics_batch_size": virtual or batch_size,
+        "batch_size": batch_size,
+        "seed": seed,
+        "eval_split": kw.get("split", "test"),
+        "final": final,
+    }
+    if "stage" in kw:
+        summary.update(study=sweep, stage=kw["stage"])
+    if diverged:
+        summary.update(divergence_step=15, divergence_signal="loss_explosion")
+    name = f"{sweep}-{label(mode, virtual, grad)}-bs{batch_size}-s{seed}-lr{kw.get('lr', 0.1)}"
+    name += f"-{kw.get('stage', '')}{kw.get('split', '')}".rstrip("-")
+    return write_record(root, sweep, name.replace(" ", "_"), config, summary, rows)
+
+
+def each(root, sweep, mode, batch_size, accuracies, **kw):
+    for seed, accuracy in zip(SEEDS, accuracies, strict=True):
+        extra = {k: (v[seed] if isinstance(v, list) else v) for k, v in kw.items()}
+        run(root, sweep, mode, batch_size, seed, accuracy, **extra)
+
+
+def build(root):
+    each(root, "sq", "batch", 32, [0.80, 0.82, 0.84, 0.86])
+    each(root, "sq", "moving_average", 32, [0.70, 0.71, 0.72, 0.73])
+    each(root, "sq", "batch", 4, [0.40, 0.41, 0.42, 0.43])
+    each(root, "sq", "moving_average", 4, [0.50, 0.52, 0.50, 0.52])
+    each(root, "sq", "renorm", 4, [0.45, 0.47, 0.47, 0.49])
+    each(root, "sq", "renorm", 32, [0.800, 0.821, 0.840, 0.861])
+    # would break the pairing if counted: a selection run and a validation-split run
+    run(root, "sq", "batch", 32, 0, 0.10, stage="select")
+    run(root, "sq", "moving_average", 32, 1, 0.99, split="validation")
+    each(root, "niid", "batch", 32, [0.500, 0.510, 0.520, 0.530], sampler="non_iid")
+    each(root, "niid", "renorm", 32, [0.501, 0.509, 0.522, 0.530], sampler="non_iid")
+    each(root, "blow", "batch", 32, [0.5] * 4, lr=0.5, bias=[1.1, 1.2, 1.1, 1.2])
+    each(
+        root, "blow", "moving_average", 32, [0.5] * 4, lr=0.5, bias=[10, 12, 11, 13], diverged=True
+    )
+    each(root, "blow", "batch", 32, [0.50, 0.60, 0.50, 0.60], lr=0.01, bias=[1.1, 1.2, 1.1, 1.2])
+    each(
+        root,
+        "blow",
+        "moving_average",
+        32,
+        [0.55, 0.50, 0.60, 0.50],
+        lr=0.01,
+        bias=[1.1, 1.2, 1.1, 1.2],
+    )
+    each(root, "grad", "moving_average", 32, [0.5] * 4, diverged=[True, True, True, False])
+    each(root, "grad", "moving_average", 32, [0.5] * 4, grad=True)
+    for size, accuracies in ((32, [0.80, 0.81, 0.82, 0.83]), (8, [0.70, 0.71, 0.72, 0.73])):
+        each(root, "gn", "batch", size, accuracies)
+    each(root, "gn", "batch", 2, [0.50, 0.52, 0.54, 0.56])
+    for size in (32, 8, 2):
+        each(root, "gn", "group", size, [0.750, 0.755, 0.750, 0.755])
+    for size, accuracies in ((32, [0.80, 0.81]), (8, [0.70, 0.71]), (2, [0.60, 0.61])):
+        each(root, "gn", "online", size, accuracies * 2)
+    each(root, "precise", "batch", 32, [0.6] * 4, virtual=2, gain=[0.05, 0.06, 0.05, 0.06])
+    each(root, "precise", "batch", 32, [0.8] * 4, gain=[0.00, 0.03, -0.02, 0.01])
+    return root
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("claims"))
+
+
+@pytest.fixture(scope="module")
+def verdicts(results):
+    return {r.claim.key: r for r in claims.evaluate(load_runs(results))}
+
+
+def finding(result, study, setting):
+    (match,) = [f for f in result.findings if f.study.startswith(study) and f.setting == setting]
+    return match
+
+
+def bounds(found):
+    return (found.effect.estimate, found.effect.low, found.effect.high)
+
+
+def test_every_claim_gets_its_verdict(verdicts):
+    assert {key: r.verdict for key, r in verdicts.items()} == {
+        "seed_question": "mixed",
+        "bn_blowup": "holds",
+        "bn_bias_growth": "mixed",
+        "brn_backprop": "holds",
+        "brn_large_batch": "holds",
+        "brn_micro_batch": "holds",
+        "brn_non_iid": "does not hold",
+        "gn_bn_degrades": "holds",
+        "gn_flat": "holds",
+        "online_flat": "does not hold",
+        "rethinking_small": "holds",
+        "rethinking_large": "inconclusive",
+    }
+
+
+def test_paired_differences_and_their_intervals(verdicts):
+    seed = verdicts["seed_question"]
+    assert {f.study for f in seed.findings} == {"sq (mlp on mnist1d)", "blow (mlp on mnist1d)"}
+    big = finding(seed, "sq", "batch 32")
+    # diffs 0.10 … 0.13 (the selection and validation runs left out): 0.115 ± 3.182 · 0.01291 / 2
+    assert bounds(big) == pytest.approx((0.115, 0.0945, 0.1355), abs=1e-4)
+    assert (big.verdict, big.effect.n) == ("holds", 4)
+    small = finding(seed, "sq", "batch 4")
+    assert bounds(small) == pytest.approx((-0.095, -0.1155, -0.0745), abs=1e-4)
+    assert small.verdict == "does not hold"
+    blown = finding(seed, "blow", "batch 32, lr=0.5")
+    assert (blown.verdict, blown.effect.n) == ("inconclusive", 0)  # every MA run diverged
+    assert "moving_average: 4/4 diverged" in blown.detail
+    assert finding(seed, "blow", "batch 32, lr=0.01").verdict == "inconclusive"
+    where = claims.where_text(seed.findings)
+    assert where.startswith("holds at sq (mlp on mnist1d): batch 32 — does not hold at sq")
+    micro = finding(verdicts["brn_micro_batch"], "sq", "batch 4")
+    assert bounds(micro) == pytest.approx((0.055, 0.0458, 0.0642), abs=1e-4)
+    large = finding(verdicts["brn_large_batch"], "sq", "batch 32")
+    assert bounds(large) == pytest.approx((0.0005, -0.0004, 0.0014), abs=1e-4)
+    non_iid = finding(verdicts["brn_non_iid"], "niid", "batch 32")
+    assert bounds(non_iid) == pytest.approx((0.0005, -0.0016, 0.0026), abs=1e-4)
+    assert non_iid.verdict == "does not hold"  # inside ±1 pp
+
+
+def test_divergence_rates_carry_newcombe_intervals(verdicts):
+    blowup = verdicts["bn_blowup"]
+    high = finding(blowup, "blow", "batch 32, lr=0.5")
+    # Wilson 4/4: [0.5101, 1]; 0/4: [0, 0.4899]; 1 − √(0.4899² + 0.4899²) = 0.3072
+    assert bounds(high) == pytest.approx((1.0, 0.3072, 1.0), abs=1e-4)
+    low = finding(blowup, "blow", "batch 32, lr=0.01")
+    assert bounds(low) == pytest.approx((0.0, -0.4899, 0.4899), abs=1e-4)
+    assert low.verdict == "inconclusive"
+    backprop = finding(verdicts["brn_backprop"], "grad", "batch 32")
+    # Wilson 3/4: [0.3006, 0.9544]; 0.75 − √(0.4494² + 0.4899²) = 0.0852
+    assert bounds(backprop) == pytest.approx((0.75, 0.0852, 0.9544), abs=1e-4)
+
+
+def test_bias_growth_pairs_log_ratios_of_the_last_finite_values(verdicts):
+    growth = verdicts["bn_bias_growth"]
+    blown = finding(growth, "blow", "batch 32, lr=0.5")
+    ratios = [math.log(10 / 1.1), math.log(12 / 1.2), math.log(11 / 1.1), math.log(13 / 1.2)]
+    assert blown.effect.estimate == pytest.approx(sum(ratios) / 4)
+    assert blown.verdict == "holds"
+    same = finding(growth, "blow", "batch 32, lr=0.01")
+    assert bounds(same) == pytest.approx((0.0, 0.0, 0.0), abs=1e-12)
+    assert same.verdict == "does not hold"  # within ±0.1
+
+
+def test_changes_across_batch_sizes_use_welch_intervals(verdicts):
+    bn = verdicts["gn_bn_degrades"]
+    eight = finding(bn, "gn", "batch 8 vs 32")
+    # 0.10 ± 2.447 · √(2 · 0.01291² / 4), df = 6
+    assert bounds(eight) == pytest.approx((0.10, 0.0777, 0.1223), abs=1e-4)
+    assert finding(bn, "sq", "batch 4 vs 32").verdict == "holds"
+    flat = finding(verdicts["gn_flat"], "gn", "batch 2 vs 32")
+    assert bounds(flat) == pytest.approx((0.0, -0.0050, 0.0050), abs=1e-4)
+    assert flat.verdict == "holds"
+    online = finding(verdicts["online_flat"], "gn", "batch 2 vs 32")
+    assert online.effect.estimate == pytest.approx(-0.20) and online.verdict == "does not hold"
+
+
+def test_precise_statistics_gain_of_the_same_runs(verdicts):
+    small = finding(
+        verdicts["rethinking_small"], "precise", "batch 32 (statistics over 2) [batch (ghost)]"
+    )
+    assert bounds(small) == pytest.approx((0.055, 0.0458, 0.0642), abs=1e-4)
+    large = finding(verdicts["rethinking_large"], "precise", "batch 32 [batch]")
+    assert bounds(large) == pytest.approx((0.005, -0.0281, 0.0381), abs=1e-4)
+
+
+def test_claims_without_runs_say_what_they_need(results):
+    only = load_runs(results / "runs" / "gn")
+    result = {r.claim.key: r for r in claims.evaluate(only)}
+    assert result["gn_flat"].verdict == "holds"
+    assert result["brn_non_iid"].verdict == "not tested here"
+    table = claims.verdict_table(list(result.values())).set_index("claim")
+    assert table.loc["brn_non_iid", "where"] == (
+        "needs: runs labelled renorm and batch with data.sampler=non_iid"
+    )
+
+
+def test_cli_writes_markdown_latex_csv_and_the_papers_beside(results, tmp_path, capsys):
+    out = tmp_path / "claims" / "claims.md"
+    assert claims.main([str(results), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "seed_question: mixed" in printed and "online_flat: does not hold" in printed
+    markdown = out.read_text()
+    assert (
+        "holds if the interval lies above 0; does not hold if below 0 or within ±1 pp" in markdown
+    )
+    assert "| brn_non_iid | Ioffe 2017" in markdown
+    assert (
+        "| seed_question | sq (mlp on mnist1d) | batch 32 | 11.5 [9.4, 13.6] pp | holds |"
+        in markdown
+    )
+    assert r"\begin{tabular}" in out.with_suffix(".tex").read_text()
+    evidence = pd.read_csv(out.with_suffix(".csv"))
+    assert set(evidence["verdict"]) == {"holds", "does not hold", "inconclusive"}
+    beside = (tmp_path / "claims" / "claims_papers.md").read_text()
+    # GN, BN from 32 to 8 images per GPU: 24.8 − 23.6 = +1.2 points; here +10.0, 8.33 times it
+    assert (
+        "| +1.2 | gn (mlp on mnist1d), batch 8 vs 32 | 10.0 [7.8, 12.2] | same | 8.33 |" in beside
+    )
+    assert claims.main([str(tmp_path / "nowhere")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert claims.main([str(tmp_path / "empty"), "--out", str(out)]) == 1
+
+
+def test_published_effects_by_hand():
+    effects = {(p.claim, p.batch_size): p.effect for p in papers.PUBLISHED}
+    assert effects[("gn_bn_degrades", 2)] == pytest.approx(34.7 - 23.6)
+    assert effects[("gn_bn_degrades", 16)] == pytest.approx(0.1)
+    assert effects[("gn_flat", 8)] == pytest.approx(0.1)  # GN error 24.0 at 8 vs 24.1 at 32
+    assert effects[("gn_flat", 2)] == pytest.approx(0.0)
+    assert effects[("brn_large_batch", None)] == pytest.approx(0.2)
+    assert effects[("brn_micro_batch", 4)] == pytest.approx(2.3)
+    assert effects[("brn_non_iid", None)] == pytest.approx(11.5)
+    assert effects[("rethinking_small", 2)] == pytest.approx(3.5)
+    assert effects[("rethinking_large", 32)] == pytest.approx(0.2)
+    assert all(p.source for p in papers.PUBLISHED)
