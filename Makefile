@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	# the compiled CPU steps of moving_average and renorm, built once here rather than inside the
 	# first run (about 40 s; without a C++ compiler the layers keep their pure-PyTorch path)
-	$(PY) -c "import normlab.kernels as k; k.build()" || echo "warning: compiled norm kernels not built"
+	$(PY) -c "import normlab.norms.kernels as k; k.build()" || echo "warning: compiled norm kernels not built"
 	touch $(STAMP)
 
 venv: $(STAMP)

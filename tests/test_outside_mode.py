@@ -70,6 +70,12 @@ def test_a_plain_module_trains_and_the_run_says_once_what_it_lacks(outside):
     assert "momentum" not in config and "renorm" not in config, "only what the mode uses"
 
 
+def test_a_registered_baseline_lacks_nothing_it_was_made_without(cli):
+    result = cli("norm=group", "steps=4", "eval_every=4")
+    assert result.code == 0, result.err
+    assert "is not a normlab" not in result.err and result.summary()["norm_lacks"] == []
+
+
 @pytest.mark.parametrize(
     ("args", "named"),
     [

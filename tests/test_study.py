@@ -38,6 +38,10 @@ def test_the_best_mean_validation_accuracy_wins_and_a_blow_up_scores_zero(compos
     assert choice[study.cell_id(other)]["lr_factor"] == 1.0
     assert study.cell_id(run) == study.cell_id(at(run, 2.0, 3)), "seed and factor are no cell"
     assert study.cell_id(run) != study.cell_id(other)
+    plain = [
+        validate(compose_config(f"norm={mode}", "batch_size=8")) for mode in ("online", "group")
+    ]
+    assert study.cell_id(plain[0]) != study.cell_id(plain[1]), "modes at their defaults differ"
 
 
 @pytest.mark.slow

@@ -543,15 +543,17 @@ def run_id(run: RunConfig) -> str:
     return f"{run.norm.mode}-bs{run.batch_size}-s{run.seed}-v{ID_VERSION}-{digest}"
 
 
-def training_digest(run: RunConfig, leave_out: tuple[str, ...] = ()) -> str:
+def training_digest(run: RunConfig, leave_out: tuple[str, ...] = (), named: bool = False) -> str:
     """A digest of what ``run`` trains where it differs from its mode's defaults, without the
     dotted keys ``leave_out`` (a study's cell leaves out the seed and the learning-rate factor
-    it chooses)."""
+    it chooses); ``named`` puts the mode's name in too (a run id carries it in its prefix)."""
     semantic = _semantic(record_config(run))
     for key in leave_out:
         _drop(semantic, key.split("."))
     defaults = _semantic(record_config(_defaults_for(run)))
     changed = {"id_version": ID_VERSION, **_changed(semantic, defaults)}
+    if named:
+        changed["mode"] = run.norm.mode
     return hashlib.sha1(json.dumps(changed, sort_keys=True).encode()).hexdigest()
 
 

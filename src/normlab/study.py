@@ -44,7 +44,7 @@ def cell_id(run: Any) -> str:
     :data:`NOT_CELL_KEYS`. A selection run and a final run of the same cell share it."""
     from normlab.config import training_digest
 
-    return training_digest(run, NOT_CELL_KEYS)[:12]
+    return training_digest(run, NOT_CELL_KEYS, named=True)[:12]
 
 
 def choose(select_runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

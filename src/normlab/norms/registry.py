@@ -182,8 +182,9 @@ class NormChoice:
         return fields
 
     def lacks(self) -> list[str]:
-        """What a layer outside the running-statistics base does not get."""
-        if issubclass(self.layer_class, RunningStatsNorm):
+        """What a layer from outside the package that is not a running-statistics layer does
+        not get (the registered baselines have nothing of the kind to lack)."""
+        if self.target is None or issubclass(self.layer_class, RunningStatsNorm):
             return []
         return ["momentum schedules", "diagnostics", "precise-BN"]
 

@@ -106,20 +106,50 @@ def make_figures(
     return written
 
 
+def _load(*roots: str | Path) -> pd.DataFrame:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # incomplete runs are reported by make_figures
+        return load_runs(*roots)
+
+
+def reproduce(
+    runs: pd.DataFrame, beside: Sequence[str | Path], out: Path, report: Callable[[str], None]
+) -> list[Path]:
+    """``reproduction.md/.csv/.png/.pdf``: these runs beside the reference runs of ``beside``."""
+    from normlab.plots.reproduction import (
+        plot_reproduction,
+        reproduction_frame,
+        write_reproduction,
+    )
+
+    reference = _load(*beside)
+    frame = reproduction_frame(runs, reference) if not reference.empty else pd.DataFrame()
+    if frame.empty:
+        report(f"skipping reproduction: no cell of these runs is in {', '.join(map(str, beside))}")
+        return []
+    written = write_reproduction(frame, out)
+    figure = plot_reproduction(runs, reference)
+    written += [save_figure(figure, out / f"reproduction{s}") for s in (".png", ".pdf")]
+    report(f"{int(frame['within'].sum())} of {len(frame)} cells inside the committed intervals")
+    return written
+
+
 def plot_results(
     *roots: str | Path,
     out: str | Path = "results/figures",
     report: Callable[[str], None] = print,
     wandb: bool = False,
+    beside: Sequence[str | Path] = (),
 ) -> list[Path]:
     """Load the run records under ``roots`` and write every figure and table into ``out``;
-    with ``wandb``, log them to a summary run too (:mod:`normlab.dashboard`)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # incomplete runs are reported by make_figures
-        runs = load_runs(*roots)
+    with ``beside``, the reproduction table and figure against those reference runs; with
+    ``wandb``, log them to a summary run too (:mod:`normlab.dashboard`)."""
+    runs = _load(*roots)
     if runs.empty:
         return []
     written = make_figures(runs, Path(out), report)
+    if beside:
+        written += reproduce(runs, beside, Path(out), report)
     if wandb and not prepare_runs(runs).empty:
         from normlab import dashboard
 
@@ -152,6 +182,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(offline unless WANDB_MODE says otherwise)",
     )
     parser.add_argument(
+        "--beside",
+        nargs="+",
+        type=Path,
+        default=[],
+        help="reference records of the same study (the committed ones): write reproduction.md "
+        "and a figure of these runs beside them, within their intervals?",
+    )
+    parser.add_argument(
         "--interval",
         choices=stats.METHODS,
         default="t",
@@ -163,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"normlab-plot: no such directory: {', '.join(missing)}", file=sys.stderr)
         return 2
     with stats.interval_method(args.interval):
-        written = plot_results(*args.results, out=args.out, wandb=args.wandb)
+        written = plot_results(*args.results, out=args.out, wandb=args.wandb, beside=args.beside)
     if not written:
         print(
             f"normlab-plot: no run records under {', '.join(map(str, args.results))}",
