@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -116,3 +117,21 @@ def cli(tmp_path, monkeypatch, capsys):
         return CliResult(code, captured.out, captured.err, results)
 
     return _cli
+
+
+def wandb_records(run_dir: Path) -> list[dict]:
+    """An offline wandb run read back with wandb's own reader (``wandb leet inspect --json``)."""
+    wandb = Path(sys.executable).parent / "wandb"
+    out = subprocess.run(
+        [str(wandb), "leet", "inspect", "--json", str(run_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def wandb_processes() -> int:
+    out = subprocess.run(["pgrep", "-x", "wandb-core"], capture_output=True, text=True)
+    return len(out.stdout.split())

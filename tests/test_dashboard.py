@@ -4,31 +4,13 @@ the sweep's group, read back with wandb's own reader (``wandb leet inspect --jso
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import wandb_processes, wandb_records
 from test_claims import build
 
 from normlab import claims, plots
-
-
-def wandb_records(run_dir: Path) -> list[dict]:
-    wandb = Path(sys.executable).parent / "wandb"
-    out = subprocess.run(
-        [str(wandb), "leet", "inspect", "--json", str(run_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-
-
-def wandb_processes() -> int:
-    out = subprocess.run(["pgrep", "-x", "wandb-core"], capture_output=True, text=True)
-    return len(out.stdout.split())
 
 
 def markdown_rows(text: str) -> list[list[str]]:

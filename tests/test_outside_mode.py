@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from test_sweeps import TINY, _wandb_records
+from conftest import wandb_records
+from test_sweeps import TINY
 
 from normlab.norms import registry
 from normlab.results import load_runs
@@ -117,7 +118,7 @@ def test_a_wandb_offline_run_carries_the_mode_name(outside, monkeypatch):
     result = outside("logger=wandb", "norm=evonorm_b0", "sweep=dash", *TINY)
     assert result.code == 0, result.err
     (offline,) = sorted((result.results / "wandb").glob("offline-run-*"))
-    run = next(r["run"] for r in _wandb_records(offline) if r["type"] == "run")
+    run = next(r["run"] for r in wandb_records(offline) if r["type"] == "run")
     assert run["job_type"] == "evonorm_b0" and run["display_name"] == "evonorm_b0-bs32-s0"
     assert {"evonorm_b0", "momentum:constant"} <= set(run["tags"])
     summary = json.loads((result.run_dirs()[0] / "summary.json").read_text())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import FAST
+from conftest import FAST, wandb_processes, wandb_records
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -204,34 +204,17 @@ def test_study_presets_choose_lr_on_a_grid_and_report_five_seeds():
 # ------------------------------------------------------------------------ wandb
 
 
-def _wandb_records(run_dir: Path) -> list[dict]:
-    wandb = Path(sys.executable).parent / "wandb"
-    out = subprocess.run(
-        [str(wandb), "leet", "inspect", "--json", str(run_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-
-
-def _wandb_processes() -> int:
-    out = subprocess.run(["pgrep", "-x", "wandb-core"], capture_output=True, text=True)
-    return len(out.stdout.split())
-
-
 @pytest.mark.slow
 def test_wandb_offline_runs_carry_group_tags_config_and_history(cli, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    before = _wandb_processes()
+    before = wandb_processes()
     result = cli("-m", "logger=wandb", "norm=batch,renorm", "batch_size=4", "sweep=dash", *TINY)
     assert result.code == 0, result.err
     offline = sorted((result.results / "wandb").glob("offline-run-*"))
     assert len(offline) == 2
     seen = {}
     for run_dir in offline:
-        records = _wandb_records(run_dir)
+        records = wandb_records(run_dir)
         run = next(r["run"] for r in records if r["type"] == "run")
         history = [r["history"]["item"] for r in records if r["type"] == "history"]
         steps = [h["step"] for h in history if "val_acc_eval" in h]
@@ -250,7 +233,7 @@ def test_wandb_offline_runs_carry_group_tags_config_and_history(cli, tmp_path, m
         metrics = pd.read_csv(Path(summary["run_dir"]) / "metrics.csv")
         logged = [h["val_acc_eval"] for h in seen[name] if "val_acc_eval" in h]
         assert logged == pytest.approx(metrics["val_acc_eval"].tolist())
-    assert _wandb_processes() <= before, "wandb-core exits with each run"
+    assert wandb_processes() <= before, "wandb-core exits with each run"
 
 
 @pytest.mark.parametrize("launcher", ["slurm", "submitit_requeue", "joblib"])

@@ -91,10 +91,14 @@ class CachingConfigLoader:
         return config
 
 
-def _cache_compositions(launcher: Any) -> None:
-    context = launcher.hydra_context
-    if not isinstance(context.config_loader, CachingConfigLoader):
-        context.config_loader = CachingConfigLoader(context.config_loader)
+class _ComposesOncePerGroupChoice:
+    """A launcher whose sweeper and jobs share a :class:`CachingConfigLoader`."""
+
+    def setup(self, **kwargs: Any) -> None:
+        super().setup(**kwargs)
+        context = self.hydra_context
+        if not isinstance(context.config_loader, CachingConfigLoader):
+            context.config_loader = CachingConfigLoader(context.config_loader)
 
 
 def _sweep_progress(launcher: Any, jobs: int) -> SweepProgress:
@@ -125,12 +129,8 @@ class _QuietHydraLogs:
             logging.getLogger(name).setLevel(level)
 
 
-class BasicLauncher(HydraBasicLauncher):
+class BasicLauncher(_ComposesOncePerGroupChoice, HydraBasicLauncher):
     """``hydra/launcher=basic`` (the default): jobs one after another in this process."""
-
-    def setup(self, **kwargs: Any) -> None:
-        super().setup(**kwargs)
-        _cache_compositions(self)
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
@@ -150,13 +150,9 @@ def _indexed_job(index: int, *args: Any) -> tuple[int, JobReturn]:
     return index, joblib_core.execute_job(*args)
 
 
-class JoblibLauncher(HydraJoblib):
+class JoblibLauncher(_ComposesOncePerGroupChoice, HydraJoblib):
     """``hydra/launcher=joblib``: jobs in parallel worker processes (loky), each reporting its
     steps to the sweep's bar; returns the results in the jobs' order, as Hydra expects."""
-
-    def setup(self, **kwargs: Any) -> None:
-        super().setup(**kwargs)
-        _cache_compositions(self)
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int

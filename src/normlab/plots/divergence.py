@@ -142,14 +142,7 @@ def _draw_blow_up(
     ax.plot(step, values, color=color, linewidth=linewidth, marker=".", markersize=2)
     blown = bool(np.isnan(values[-1])) and bool(np.isfinite(values).any())
     if blown:
-        ax.plot(
-            step[-1],
-            0.97,
-            marker="^",
-            color=color,
-            transform=ax.get_xaxis_transform(),
-            clip_on=False,
-        )
+        mark_nonfinite(ax, step[-1], color)
     divergence_step = run["divergence_step"].iloc[0]
     if not missing(divergence_step):
         ax.axvline(float(divergence_step), color=color, linestyle=":", linewidth=0.8)
@@ -210,13 +203,11 @@ def _draw_trace(ax: Axes, run: pd.DataFrame, metric: str, color: str) -> None:
     for gap in gaps:
         ax.axvline(step[gap], color="0.8", linewidth=0.5)
     if diverged and np.isnan(values[-1]):
-        ax.plot(
-            step[-1],
-            0.97,
-            marker="^",
-            color=color,
-            transform=ax.get_xaxis_transform(),
-            clip_on=False,
-        )
+        mark_nonfinite(ax, step[-1], color)
     if diverged and not missing(run["divergence_step"].iloc[0]):
         ax.axvline(float(run["divergence_step"].iloc[0]), color=color, linestyle=":", linewidth=0.8)
+
+
+def mark_nonfinite(ax: Axes, step: float, color: str) -> None:
+    """A ▲ at the top of the axes where a run's value became non-finite."""
+    ax.plot(step, 0.97, marker="^", color=color, transform=ax.get_xaxis_transform(), clip_on=False)
