@@ -110,32 +110,35 @@ def applies(x: Tensor, layer: nn.Module) -> bool:
     )
 
 
+# Each step calls its op's one overload, ``.default``: calling the packet resolves the overload
+# again on every call.
+
+
 def batch_step(layer: nn.Module, x: Tensor) -> Tensor:
     """One training step of a ``BatchNorm`` without ghost batches."""
-    return extension().batch_step(*_step_state(layer, x, "running_var"), layer.diagnostics_slot())[
-        0
-    ]
+    step = extension().batch_step.default
+    return step(*_step_state(layer, x, "running_var"), layer.diagnostics_slot())[0]
 
 
 def moving_average_step(layer: nn.Module, x: Tensor) -> Tensor:
     """One training step of a ``MovingAverageNorm`` with ``grad_through_batch=False``."""
-    return extension().moving_average_step(
-        *_step_state(layer, x, "running_var"), layer.update == "before", layer.diagnostics_slot()
-    )[0]
+    step = extension().moving_average_step.default
+    before = layer.update == "before"
+    return step(*_step_state(layer, x, "running_var"), before, layer.diagnostics_slot())[0]
 
 
 def renorm_step(layer: nn.Module, x: Tensor) -> Tensor:
     """One training step of a ``BatchRenorm``."""
-    return extension().renorm_step(
-        *_step_state(layer, x, "running_std"), layer.rmax, layer.dmax, layer.diagnostics_slot()
-    )[0]
+    step = extension().renorm_step.default
+    rmax, dmax = layer.rmax, layer.dmax
+    return step(*_step_state(layer, x, "running_std"), rmax, dmax, layer.diagnostics_slot())[0]
 
 
 def online_step(layer: nn.Module, x: Tensor) -> Tensor:
     """One training step of an ``OnlineNorm``; its backward runs the control process and updates
     ``ctrl_mean``/``ctrl_proj``. ``momentum == 0`` freezes the statistics (``alpha_fwd = 1``)."""
     params, buffers = layer._parameters, layer._buffers
-    return extension().online_step(
+    return extension().online_step.default(
         x,
         params["weight"],
         params["bias"],

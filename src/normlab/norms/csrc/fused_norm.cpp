@@ -193,24 +193,28 @@ void shifted_row_sums(const T* p, int64_t len, T shift, PairSums<T>& sums) {
       });
 }
 
-// Per-channel mean and biased variance of x.
+// Per-channel mean and biased variance of x, into mean[0, C) and var[0, C).
 template <typename T>
-void channel_moments(const T* x, const Layout& s, std::vector<double>& mean,
-                     std::vector<double>& var) {
+void channel_moments(const T* x, const Layout& s, double* mean, double* var) {
   const double count = static_cast<double>(s.count());
   if (s.l == 1) {  // (N, C): rows of channels; each task owns a block of channels
     at::parallel_for(0, s.c, std::max<int64_t>(1, kGrain / s.n), [&](int64_t b, int64_t e) {
-      std::vector<double> sum(e - b, 0.0), squares(e - b, 0.0);
-      for (int64_t n = 0; n < s.n; ++n) {
-        const T* row = x + n * s.c + b;
-        for (int64_t c = 0; c < e - b; ++c) {
-          const double v = static_cast<double>(row[c]) - x[b + c];
-          sum[c] += v;
-          squares[c] += v * v;
+      {  // the sums of x - x[0] and of its square, kept in mean and var until the last row
+        double* __restrict__ sum = mean + b;
+        double* __restrict__ squares = var + b;
+        std::fill(sum, sum + (e - b), 0.0);
+        std::fill(squares, squares + (e - b), 0.0);
+        for (int64_t n = 0; n < s.n; ++n) {
+          const T* row = x + n * s.c + b;
+          for (int64_t c = 0; c < e - b; ++c) {
+            const double v = static_cast<double>(row[c]) - x[b + c];
+            sum[c] += v;
+            squares[c] += v * v;
+          }
         }
       }
       for (int64_t c = b; c < e; ++c) {
-        shifted_moments(x[c], sum[c - b], squares[c - b], count, mean[c], var[c]);
+        shifted_moments(x[c], mean[c], var[c], count, mean[c], var[c]);
       }
     });
     return;
@@ -265,12 +269,14 @@ void apply_affine(const T* x, T* y, const Layout& s, const T* center, const T* s
 template <typename T, typename Algebra>
 void normalize_per_channel(const Tensor& x, Tensor& y, Algebra algebra) {
   const Layout s(x);
-  std::vector<double> mean(s.c, 0.0), var(s.c, 0.0);
-  channel_moments(x.const_data_ptr<T>(), s, mean, var);
-  std::vector<T> center(s.c), scale(s.c), shift(s.c);
-  algebra(mean.data(), var.data(), center.data(), scale.data(), shift.data());
-  apply_affine(x.const_data_ptr<T>(), y.data_ptr<T>(), s, center.data(), scale.data(),
-               shift.data(), s.c);
+  std::vector<double> moments(2 * s.c);  // mean, var
+  std::vector<T> affine(3 * s.c);        // center, scale, shift
+  double* mean = moments.data();
+  T* center = affine.data();
+  channel_moments(x.const_data_ptr<T>(), s, mean, mean + s.c);
+  algebra(mean, mean + s.c, center, center + s.c, center + 2 * s.c);
+  apply_affine(x.const_data_ptr<T>(), y.data_ptr<T>(), s, center, center + s.c, center + 2 * s.c,
+               s.c);
 }
 
 // The record of batch and moving_average: batch mean, batch variance, running mean,
@@ -618,34 +624,30 @@ Grads moving_average_backward(const Tensor& grad_out, const Tensor& x, const Ten
 //   y_t = (x_t - mu_{t-1}) / s,  out_t = w y_t + b
 //   var_t = a var_{t-1} + (1 - a) var(x_t) + a (1 - a) (mu(x_t) - mu_{t-1})^2
 //   mu_t = a mu_{t-1} + (1 - a) mu(x_t)
-// The recurrences run in double, sample by sample as the paper writes them; each loop over the
-// channels of one sample vectorizes (restrict pointers: the arrays never overlap).
+// The recurrences run sample by sample, as the paper writes them, in the input's precision (the
+// running statistics are stored in it between batches anyway, and the PyTorch path's scans run
+// in it): in float32 every loop over the channels of one sample vectorizes twice as wide as it
+// would in double (restrict pointers: the arrays never overlap).
 // saved (per sample and channel): mu_{t-1}, 1 / s and, with spatial values, <y_t> and <y_t^2>
 // (with one value per sample the backward recomputes y_t from x instead: two full-size rows
 // fewer to write). record: the batch's mean and variance, mu and sqrt(var + eps) before it.
 
-// 1 / sqrt(var + eps) in the input's precision, as the PyTorch path's rsqrt: a square root and
-// a division per sample and channel, twice as many per vector in float32 as in double.
-template <typename T>
-inline double inverse_std(double var, double eps) {
-  return T(1) / std::sqrt(static_cast<T>(var + eps));
-}
-
-// One sample with one value per channel: the recurrences and the output in one loop.
+// One sample with one value per channel: the recurrences (mu, var: the running statistics, in
+// place) and the output in one loop.
 template <typename T>
 void online_values_step(const T* __restrict__ x, T* __restrict__ y, T* __restrict__ m_used,
                         T* __restrict__ inv_used, const T* __restrict__ w,
-                        const T* __restrict__ b, double* __restrict__ mu,
-                        double* __restrict__ var, int64_t c0, int64_t c1, double a, double eps) {
+                        const T* __restrict__ b, T* __restrict__ mu, T* __restrict__ var,
+                        int64_t c0, int64_t c1, T a, T eps) {
   for (int64_t c = c0; c < c1; ++c) {
-    const double m = mu[c], v = var[c], value = x[c];
-    const double inv = inverse_std<T>(v, eps);
-    const double dev = value - m;
-    y[c] = static_cast<T>(dev * (w[c] * inv) + b[c]);
-    m_used[c] = static_cast<T>(m);
-    inv_used[c] = static_cast<T>(inv);
-    var[c] = a * v + a * (1.0 - a) * dev * dev;
-    mu[c] = a * m + (1.0 - a) * value;
+    const T m = mu[c], v = var[c], value = x[c];
+    const T inv = T(1) / std::sqrt(v + eps);
+    const T dev = value - m;
+    y[c] = dev * (w[c] * inv) + b[c];
+    m_used[c] = m;
+    inv_used[c] = inv;
+    var[c] = a * v + a * (T(1) - a) * dev * dev;
+    mu[c] = a * m + (T(1) - a) * value;
   }
 }
 
@@ -655,28 +657,29 @@ template <typename T>
 void online_rows_step(const double* __restrict__ mean_x, const double* __restrict__ var_x,
                       T* __restrict__ m_used, T* __restrict__ inv_used, T* __restrict__ y_mean,
                       T* __restrict__ y_sq_mean, T* __restrict__ scale, T* __restrict__ bias,
-                      const T* __restrict__ w, const T* __restrict__ b, double* __restrict__ mu,
-                      double* __restrict__ var, int64_t c0, int64_t c1, double a, double eps) {
+                      const T* __restrict__ w, const T* __restrict__ b, T* __restrict__ mu,
+                      T* __restrict__ var, int64_t c0, int64_t c1, T a, T eps) {
   for (int64_t c = c0; c < c1; ++c) {
-    const double m = mu[c], v = var[c], mx = mean_x[c], vx = var_x[c];
-    const double inv = inverse_std<T>(v, eps);
-    const double dev = mx - m;
-    m_used[c] = static_cast<T>(m);
-    inv_used[c] = static_cast<T>(inv);
-    y_mean[c] = static_cast<T>(dev * inv);
-    y_sq_mean[c] = static_cast<T>((vx + dev * dev) * inv * inv);
-    scale[c] = static_cast<T>(w[c] * inv);
+    const T m = mu[c], v = var[c];
+    const T mx = static_cast<T>(mean_x[c]), vx = static_cast<T>(var_x[c]);
+    const T inv = T(1) / std::sqrt(v + eps);
+    const T dev = mx - m;
+    m_used[c] = m;
+    inv_used[c] = inv;
+    y_mean[c] = dev * inv;
+    y_sq_mean[c] = (vx + dev * dev) * inv * inv;
+    scale[c] = w[c] * inv;
     bias[c] = b[c];
-    var[c] = a * v + (1.0 - a) * vx + a * (1.0 - a) * dev * dev;
-    mu[c] = a * m + (1.0 - a) * mx;
+    var[c] = a * v + (T(1) - a) * vx + a * (T(1) - a) * dev * dev;
+    mu[c] = a * m + (T(1) - a) * mx;
   }
 }
 
 // The batch's per-channel mean and biased variance from its samples' means and variances
 // (mean of the variances plus variance of the means), shifted by the first sample's mean.
 template <typename T>
-void online_record(const T* x, const std::vector<double>& mean_x, const std::vector<double>& var_x,
-                   const Layout& s, T* rec) {
+void online_record(const T* x, const std::vector<double>& mean_x,
+                   const std::vector<double>& var_x, const Layout& s, T* rec) {
   std::vector<double> shift(s.c), sum(s.c, 0.0), squares(s.c, 0.0);
   const bool values = s.l == 1;
   for (int64_t c = 0; c < s.c; ++c) shift[c] = values ? x[c] : mean_x[c];
@@ -696,18 +699,17 @@ void online_record(const T* x, const std::vector<double>& mean_x, const std::vec
   }
 }
 
-// mu, var: the running statistics, in place (double, written back by the caller)
+// mu, var: the running statistics, updated in place
 template <typename T>
-void online_forward_kernel(const Tensor& x, const T* w, const T* b, std::vector<double>& mu,
-                           std::vector<double>& var, double a, double eps, T* y, T* saved,
-                           T* rec) {
+void online_forward_kernel(const Tensor& x, const T* w, const T* b, T* mu, T* var, T a, T eps,
+                           T* y, T* saved, T* rec) {
   const Layout s(x);
   const T* xp = x.const_data_ptr<T>();
   const int64_t rows = s.n * s.c;
   if (rec != nullptr) {
     for (int64_t c = 0; c < s.c; ++c) {
-      rec[2 * s.c + c] = static_cast<T>(mu[c]);
-      rec[3 * s.c + c] = static_cast<T>(std::sqrt(var[c] + eps));
+      rec[2 * s.c + c] = mu[c];
+      rec[3 * s.c + c] = std::sqrt(var[c] + eps);
     }
   }
   std::vector<double> mean_x, var_x;  // per sample and channel, with spatial values
@@ -733,13 +735,13 @@ void online_forward_kernel(const Tensor& x, const T* w, const T* b, std::vector<
     for (int64_t n = 0; n < s.n; ++n) {
       const int64_t base = n * s.c;
       if (s.l == 1) {
-        online_values_step(xp + base, y + base, m_used + base, inv_used + base, w, b, mu.data(),
-                           var.data(), c0, c1, a, eps);
+        online_values_step(xp + base, y + base, m_used + base, inv_used + base, w, b, mu, var,
+                           c0, c1, a, eps);
       } else {
         online_rows_step(mean_x.data() + base, var_x.data() + base, m_used + base,
                          inv_used + base, saved + 2 * rows + base, saved + 3 * rows + base,
-                         scale.data() + base, bias.data() + base, w, b, mu.data(), var.data(),
-                         c0, c1, a, eps);
+                         scale.data() + base, bias.data() + base, w, b, mu, var, c0, c1, a,
+                         eps);
       }
     }
   });
@@ -759,15 +761,11 @@ StepOut online_step(const Tensor& x, const Tensor& weight, const Tensor& bias,
   Tensor y = at::empty_like(x);
   Tensor saved = at::empty({s.l == 1 ? 2 : 4, s.n, s.c}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "online_step", [&] {
-    scalar_t* mean_p = running_mean.data_ptr<scalar_t>();
-    scalar_t* var_p = running_var.data_ptr<scalar_t>();
-    std::vector<double> mu(mean_p, mean_p + s.c), var(var_p, var_p + s.c);
-    online_forward_kernel<scalar_t>(x, weight.const_data_ptr<scalar_t>(),
-                                    bias.const_data_ptr<scalar_t>(), mu, var, alpha_fwd, eps,
-                                    y.data_ptr<scalar_t>(), saved.data_ptr<scalar_t>(),
-                                    record_rows<scalar_t>(record, x, 4, op));
-    std::copy(mu.begin(), mu.end(), mean_p);
-    std::copy(var.begin(), var.end(), var_p);
+    online_forward_kernel<scalar_t>(
+        x, weight.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(),
+        running_mean.data_ptr<scalar_t>(), running_var.data_ptr<scalar_t>(),
+        static_cast<scalar_t>(alpha_fwd), static_cast<scalar_t>(eps), y.data_ptr<scalar_t>(),
+        saved.data_ptr<scalar_t>(), record_rows<scalar_t>(record, x, 4, op));
   });
   count_step(num_batches, op);
   return {y, saved};
@@ -781,20 +779,20 @@ StepOut online_step(const Tensor& x, const Tensor& weight, const Tensor& bias,
 // so dx_t = grad_out_t (w / s) + (x_t - mu_{t-1}) (-k v / s^2) - k u. With spatial values the
 // per-sample sums <g y>, <g> are one pass, the recurrences a loop over (N, C), dx a second pass.
 
-// One sample with one value per channel: y_t from x, the recurrences, dx and the affine's sums.
+// One sample with one value per channel: y_t from x, the recurrences (u, v in place), dx and
+// the affine's sums, all in the input's precision so that the loop vectorizes at its width.
 template <typename T>
 void online_values_backward(const T* __restrict__ g, const T* __restrict__ x,
                             const T* __restrict__ m_used, const T* __restrict__ inv_used,
-                            const T* __restrict__ w, T* __restrict__ grad_x,
-                            double* __restrict__ u, double* __restrict__ v,
-                            double* __restrict__ sum_gy, double* __restrict__ sum_g, int64_t c0,
-                            int64_t c1, double k) {
+                            const T* __restrict__ w, T* __restrict__ grad_x, T* __restrict__ u,
+                            T* __restrict__ v, T* __restrict__ sum_gy, T* __restrict__ sum_g,
+                            int64_t c0, int64_t c1, T k) {
   for (int64_t c = c0; c < c1; ++c) {
-    const double inv = inv_used[c], grad = g[c];
-    const double y = (static_cast<double>(x[c]) - m_used[c]) * inv;
-    const double g_tilde = w[c] * grad - k * v[c] * y;
-    const double dx = g_tilde * inv - k * u[c];
-    grad_x[c] = static_cast<T>(dx);
+    const T inv = inv_used[c], grad = g[c];
+    const T y = (x[c] - m_used[c]) * inv;
+    const T g_tilde = w[c] * grad - k * v[c] * y;
+    const T dx = g_tilde * inv - k * u[c];
+    grad_x[c] = dx;
     v[c] += g_tilde * y;
     u[c] += dx;
     sum_gy[c] += grad * y;
@@ -809,26 +807,29 @@ void online_rows_backward(const double* __restrict__ row_g, const double* __rest
                           const T* __restrict__ inv_used, const T* __restrict__ y_mean,
                           const T* __restrict__ y_sq_mean, const T* __restrict__ w,
                           T* __restrict__ gain, T* __restrict__ slope, T* __restrict__ offset,
-                          double* __restrict__ u, double* __restrict__ v,
-                          double* __restrict__ sum_gy, double* __restrict__ sum_g, int64_t c0,
-                          int64_t c1, double k, double length) {
+                          T* __restrict__ u, T* __restrict__ v, double* __restrict__ sum_gy,
+                          double* __restrict__ sum_g, int64_t c0, int64_t c1, double k,
+                          double length) {
   for (int64_t c = c0; c < c1; ++c) {
     const double inv = inv_used[c], vp = v[c], up = u[c];
     const double gy = row_gx[c] * inv;  // sum of grad_out y_t
     gain[c] = static_cast<T>(w[c] * inv);
     slope[c] = static_cast<T>(-k * vp * inv * inv);
     offset[c] = static_cast<T>(-k * up);
-    v[c] = vp + w[c] * gy / length - k * vp * y_sq_mean[c];
-    u[c] = up + (w[c] * row_g[c] / length - k * vp * y_mean[c]) * inv - k * up;
+    v[c] = static_cast<T>(vp + w[c] * gy / length - k * vp * y_sq_mean[c]);
+    u[c] = static_cast<T>(up + (w[c] * row_g[c] / length - k * vp * y_mean[c]) * inv - k * up);
     sum_gy[c] += gy;
     sum_g[c] += row_g[c];
   }
 }
 
+constexpr int64_t kFlushSamples = 64;  // samples summed in the input type before going to double
+
+// u, v: the control state, updated in place; sum_gy, sum_g: the affine's gradients
 template <typename T>
 void online_backward_kernel(const T* g, const T* xp, const T* w, const T* saved, const Layout& s,
-                            double k, std::vector<double>& u, std::vector<double>& v, T* grad_x,
-                            std::vector<double>& sum_gy, std::vector<double>& sum_g) {
+                            double k, T* u, T* v, T* grad_x, std::vector<double>& sum_gy,
+                            std::vector<double>& sum_g) {
   const int64_t rows = s.n * s.c;
   const T* m_used = saved;
   const T* inv_used = saved + rows;
@@ -836,11 +837,20 @@ void online_backward_kernel(const T* g, const T* xp, const T* w, const T* saved,
     // without an input gradient wanted, dx still feeds u: computed into a scratch row
     std::vector<T> scratch(grad_x == nullptr ? s.c : 0);
     at::parallel_for(0, s.c, std::max<int64_t>(1, kGrain / s.n), [&](int64_t c0, int64_t c1) {
-      for (int64_t n = 0; n < s.n; ++n) {
-        const int64_t base = n * s.c;
-        online_values_backward(g + base, xp + base, m_used + base, inv_used + base, w,
-                               grad_x == nullptr ? scratch.data() : grad_x + base, u.data(),
-                               v.data(), sum_gy.data(), sum_g.data(), c0, c1, k);
+      std::vector<T> block_gy(s.c), block_g(s.c);  // this task's channels [c0, c1)
+      for (int64_t n0 = 0; n0 < s.n; n0 += kFlushSamples) {
+        std::fill(block_gy.begin() + c0, block_gy.begin() + c1, T(0));
+        std::fill(block_g.begin() + c0, block_g.begin() + c1, T(0));
+        for (int64_t n = n0; n < std::min(s.n, n0 + kFlushSamples); ++n) {
+          const int64_t base = n * s.c;
+          online_values_backward(g + base, xp + base, m_used + base, inv_used + base, w,
+                                 grad_x == nullptr ? scratch.data() : grad_x + base, u, v,
+                                 block_gy.data(), block_g.data(), c0, c1, static_cast<T>(k));
+        }
+        for (int64_t c = c0; c < c1; ++c) {
+          sum_gy[c] += block_gy[c];
+          sum_g[c] += block_g[c];
+        }
       }
     });
     return;
@@ -874,9 +884,8 @@ void online_backward_kernel(const T* g, const T* xp, const T* w, const T* saved,
       const int64_t base = n * s.c;
       online_rows_backward(row_g.data() + base, row_gx.data() + base, inv_used + base,
                            saved + 2 * rows + base, saved + 3 * rows + base, w,
-                           gain.data() + base, slope.data() + base, offset.data() + base,
-                           u.data(), v.data(), sum_gy.data(), sum_g.data(), c0, c1, k,
-                           static_cast<double>(s.l));
+                           gain.data() + base, slope.data() + base, offset.data() + base, u, v,
+                           sum_gy.data(), sum_g.data(), c0, c1, k, static_cast<double>(s.l));
     }
   });
   if (grad_x == nullptr) return;
@@ -904,17 +913,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> online_backward(
   Tensor grad_x = mask[0] ? at::empty_like(x) : Tensor();
   Tensor grad_weight = mask[1] ? at::empty({s.c}, x.options()) : Tensor();
   Tensor grad_bias = mask[2] ? at::empty({s.c}, x.options()) : Tensor();
-  Tensor new_mean = at::empty_like(ctrl_mean), new_proj = at::empty_like(ctrl_proj);
+  Tensor new_mean = ctrl_mean.clone(), new_proj = ctrl_proj.clone();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "online_backward", [&] {
-    const scalar_t* u0 = ctrl_mean.const_data_ptr<scalar_t>();
-    const scalar_t* v0 = ctrl_proj.const_data_ptr<scalar_t>();
-    std::vector<double> u(u0, u0 + s.c), v(v0, v0 + s.c), sum_gy(s.c, 0.0), sum_g(s.c, 0.0);
+    std::vector<double> sum_gy(s.c, 0.0), sum_g(s.c, 0.0);
     online_backward_kernel<scalar_t>(
         g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
         weight.const_data_ptr<scalar_t>(), saved.const_data_ptr<scalar_t>(), s, 1.0 - alpha_bkw,
-        u, v, mask[0] ? grad_x.data_ptr<scalar_t>() : nullptr, sum_gy, sum_g);
-    std::copy(u.begin(), u.end(), new_mean.data_ptr<scalar_t>());
-    std::copy(v.begin(), v.end(), new_proj.data_ptr<scalar_t>());
+        new_mean.data_ptr<scalar_t>(), new_proj.data_ptr<scalar_t>(),
+        mask[0] ? grad_x.data_ptr<scalar_t>() : nullptr, sum_gy, sum_g);
     if (mask[1]) std::copy(sum_gy.begin(), sum_gy.end(), grad_weight.data_ptr<scalar_t>());
     if (mask[2]) std::copy(sum_g.begin(), sum_g.end(), grad_bias.data_ptr<scalar_t>());
   });
