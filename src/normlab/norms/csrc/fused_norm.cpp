@@ -300,18 +300,22 @@ Grads single_value_backward(const Tensor& grad_out, const Tensor& x, const Tenso
                             int64_t slope_row, Mask mask) {
   const int64_t channels = x.size(1);
   Tensor grad_x, grad_weight, grad_bias;
-  if (mask[0]) grad_x = at::zeros_like(x);
-  if (mask[1]) {
-    grad_weight = slope_row < 0 ? at::zeros({channels}, x.options())
-                                : at::empty({channels}, x.options());
-  }
+  if (mask[0]) grad_x = at::empty_like(x);
+  if (mask[1]) grad_weight = at::empty({channels}, x.options());
   if (mask[2]) grad_bias = at::empty({channels}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "single_value_backward", [&] {
     const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
-    if (grad_weight.defined() && slope_row >= 0) {
-      const scalar_t* d = saved.const_data_ptr<scalar_t>() + slope_row * channels;
+    if (grad_x.defined()) {
+      std::fill_n(grad_x.data_ptr<scalar_t>(), channels, scalar_t(0));
+    }
+    if (grad_weight.defined()) {
       scalar_t* out = grad_weight.data_ptr<scalar_t>();
-      for (int64_t c = 0; c < channels; ++c) out[c] = g[c] * d[c];
+      if (slope_row < 0) {
+        std::fill_n(out, channels, scalar_t(0));
+      } else {
+        const scalar_t* d = saved.const_data_ptr<scalar_t>() + slope_row * channels;
+        for (int64_t c = 0; c < channels; ++c) out[c] = g[c] * d[c];
+      }
     }
     if (grad_bias.defined()) std::copy(g, g + channels, grad_bias.data_ptr<scalar_t>());
   });
