@@ -753,11 +753,11 @@ void online_forward_kernel(const Tensor& x, const T* w, const T* b, T* mu, T* va
   if (rec != nullptr) online_record(xp, mean_x, var_x, s, rec);
 }
 
-// ctrl_mean, ctrl_proj and alpha_bkw are the backward's: this kernel does not read them
+// ctrl_mean, ctrl_proj and alpha_bkw are the backward's: this kernel only checks the first two
 StepOut online_step(const Tensor& x, const Tensor& weight, const Tensor& bias,
                     Tensor& running_mean, Tensor& running_var, const Tensor& ctrl_mean,
                     const Tensor& ctrl_proj, Tensor& num_batches, double alpha_fwd,
-                    double alpha_bkw, double eps, const std::optional<Tensor>& record) {
+                    double /*alpha_bkw*/, double eps, const std::optional<Tensor>& record) {
   const char* op = "normlab::online_step";
   check_input(x, op);
   check_per_channel(x, {weight, bias, running_mean, running_var, ctrl_mean, ctrl_proj}, op);
