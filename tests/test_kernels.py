@@ -207,9 +207,9 @@ def float32_errors(mode, shape, compiled):
     "shape", [(32, 64, 16, 16), (128, 256), (1, 256), (3, 5, 4097), (6, 7, 5), (4, 20000)]
 )
 def test_compiled_step_in_float32_is_as_accurate_as_the_pytorch_path(mode, shape):
-    """The benchmark's shapes, rows longer than one accumulation block, odd sizes, channels split
-    over several parallel tasks: against a float64 reference, the compiled step's rounding is no
-    worse than the PyTorch layers'."""
+    """The benchmark's shapes, rows longer than one accumulation block, odd sizes, a wide (N, C)
+    input: against a float64 reference, the compiled step's rounding is no worse than the
+    PyTorch layers'."""
     compiled, compiled_buffers, diagnostics, reference_diagnostics = float32_errors(
         mode, shape, True
     )
