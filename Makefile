@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first, pinned: an unpinned `torch>=2.3` in a fresh venv would pull GBs of CUDA wheels
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
-	# the compiled CPU steps of moving_average and renorm, built once here rather than inside the
-	# first run (about 40 s; without a C++ compiler the layers keep their pure-PyTorch path)
+	# the compiled CPU training steps (batch, moving_average, renorm, online), built once here
+	# rather than inside the first run (about a minute; without a C++ compiler the layers keep
+	# their pure-PyTorch path)
 	$(PY) -c "import normlab.norms.kernels as k; k.build()" || echo "warning: compiled norm kernels not built"
 	touch $(STAMP)
 

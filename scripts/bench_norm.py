@@ -10,8 +10,9 @@ the median over repetitions, relative to native, after a warm-up.
     python scripts/bench_norm.py --device cuda        # synchronizes around every timing
     python scripts/bench_norm.py --diagnostics off    # layers skip their per-step diagnostics
 
-On CPU, moving_average and renorm run their compiled training step (normlab.norms.kernels); the
-"[pytorch path]" rows time the same layers with ``compiled_step = False``.
+On CPU, batch, moving_average, renorm and online run their compiled training step
+(normlab.norms.kernels); the "[pytorch path]" rows time the same layers with
+``compiled_step = False``.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ SHAPES = ((32, 64, 16, 16), (128, 256), (1, 256))
 # (row label, mode, build_norm options, layer attributes); variants of a mode get their own row
 EXTRA_ROWS = (
     ("moving_average grad_through_batch", "moving_average", {"grad_through_batch": True}, {}),
+    ("batch [pytorch path]", "batch", {}, {"compiled_step": False}),
     ("moving_average [pytorch path]", "moving_average", {}, {"compiled_step": False}),
     ("renorm [pytorch path]", "renorm", {}, {"compiled_step": False}),
+    ("online [pytorch path]", "online", {}, {"compiled_step": False}),
 )
 
 

@@ -42,8 +42,9 @@ def float64_module():
 
 @pytest.fixture(params=["compiled", "pytorch"])
 def step_path(request, monkeypatch):
-    """Runs a test once per training-step path of moving_average and renorm: the compiled CPU
-    op (which must build here) and the pure-PyTorch layers. Layers built in the test take it."""
+    """Runs a test once per training-step path of batch, moving_average, renorm and online: the
+    compiled CPU ops (which must build here) and the pure-PyTorch layers. Layers built in the
+    test take it (``compiled_step`` defaults to ``kernels.ENABLED``)."""
     from normlab.norms import kernels
 
     compiled = request.param == "compiled"

@@ -1,6 +1,7 @@
 """The compiled CPU training steps (normlab.norms.kernels): that they are the ones running, their
-statistics against float64 references, and the engineering around them (autograd versions,
-fallback, dtype moves). Their equations are checked, both paths alike, in test_norm.py."""
+registration (torch.library.opcheck), their statistics against float64 references, and the
+engineering around them (autograd versions, gradient masks, no_grad, fallback, dtype moves).
+Their equations are checked, both paths alike, in test_norm.py and test_online_norm.py."""
 
 import copy
 import warnings
@@ -8,12 +9,16 @@ import warnings
 import pytest
 import torch
 from conftest import randomize_affine
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from normlab.norms import build_norm, kernels
 
+MODES = ("batch", "moving_average", "renorm", "online")
 OPTIONS = {
+    "batch": {"momentum": 0.2},
     "moving_average": {"momentum": 0.2},
     "renorm": {"momentum": 0.2, "rmax": 1.5, "dmax": 0.5},
+    "online": {"alpha_fwd": 0.9, "alpha_bkw": 0.8},
 }
 
 
@@ -40,7 +45,19 @@ def reference_moments(x):
     return x.mean(dim=1), x.var(dim=1, unbiased=False)
 
 
-@pytest.mark.parametrize("mode", ["moving_average", "renorm"])
+class OpLog(TorchDispatchMode):
+    """The names of the ops that reach the dispatcher below autograd."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func._schema.name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_cpu_training_step_goes_through_the_extension(mode, monkeypatch):
     calls = []
     real = kernels.extension()
@@ -60,6 +77,98 @@ def test_cpu_training_step_goes_through_the_extension(mode, monkeypatch):
     layer.eval()
     layer(torch.randn(8, 4))
     assert calls == [f"{mode}_step"], "switched off, strided input and eval use PyTorch ops"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_one_training_step_is_the_step_op_and_its_backward_op(mode):
+    """Below autograd, a forward+backward runs normlab's two ops and none of the layer's
+    PyTorch ops (the pure-PyTorch path dispatches dozens)."""
+    layers = layer_pair(mode, 4)
+    names = []
+    for layer in layers:
+        x = torch.randn(8, 4, 3, requires_grad=True)
+        with OpLog() as log:
+            layer(x).sum().backward()
+        names.append(log.names)
+    compiled, pytorch = names
+    assert [n for n in compiled if n.startswith("normlab::")] == [
+        f"normlab::{mode}_step",
+        f"normlab::{mode}_backward",
+    ]
+    assert not any(n.startswith("normlab::") for n in pytorch) and len(pytorch) > len(compiled)
+
+
+# ---------------------------------------------------------------- registration
+
+
+def step_args(mode, shape, record, requires_grad=True, dtype=torch.float64):
+    """Sample arguments of normlab::<mode>_step (layer-like values, random affine)."""
+    g = torch.Generator().manual_seed(sum(shape))
+    channels = shape[1]
+    x = (torch.randn(shape, generator=g, dtype=dtype) * 2 + 1).requires_grad_(requires_grad)
+    weight = (torch.rand(channels, generator=g, dtype=dtype) + 0.5).requires_grad_(requires_grad)
+    bias = torch.randn(channels, generator=g, dtype=dtype).requires_grad_(requires_grad)
+    mean = torch.randn(channels, generator=g, dtype=dtype) * 0.1
+    spread = torch.rand(channels, generator=g, dtype=dtype) + 0.5
+    count = torch.tensor(3)
+    rows = {"renorm": 6}.get(mode, 4)
+    slot = torch.empty(rows, channels, dtype=dtype) if record else None
+    if mode == "batch":
+        return (x, weight, bias, mean, spread, count, 0.2, 1e-5, slot)
+    if mode == "moving_average":
+        return (x, weight, bias, mean, spread, count, 0.2, 1e-5, True, slot)
+    if mode == "renorm":
+        return (x, weight, bias, mean, spread, count, 0.2, 1e-5, 1.5, 0.5, slot)
+    ctrl = torch.randn(2, channels, generator=g, dtype=dtype) * 0.1
+    return (x, weight, bias, mean, spread, ctrl[0], ctrl[1].clone(), count, 0.9, 0.8, 1e-5, slot)
+
+
+def backward_args(mode, shape, mask):
+    """Sample arguments of normlab::<mode>_backward: the rows of a step on the same input."""
+    args = step_args(mode, shape, record=False, requires_grad=False)
+    x, weight = args[0], args[1]
+    _, saved = getattr(kernels.extension(), f"{mode}_step")(*args)
+    grad = torch.randn(shape, generator=torch.Generator().manual_seed(7), dtype=x.dtype)
+    if mode == "batch":
+        return (grad, x, weight, saved, 1e-5, mask)
+    if mode == "moving_average":
+        return (grad, x, weight, saved, mask)
+    if mode == "renorm":
+        return (grad, x, saved, 1e-5, mask)
+    return (grad, x, weight, saved, args[5], args[6], 0.8, mask)
+
+
+# Every opcheck util, the default ones (schema, autograd registration, fake tensors, AOT
+# dispatch with dynamic shapes) and the static-shape AOT dispatch.
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", [(6, 5), (4, 5, 3), (1, 5)])
+@pytest.mark.parametrize("record", [False, True])
+def test_step_ops_pass_opcheck(mode, shape, record):
+    op = getattr(kernels.extension(), f"{mode}_step").default
+    torch.library.opcheck(op, step_args(mode, shape, record), test_utils="ALL")
+
+
+# The backward ops take no inputs that require grad (autograd calls them with grad mode off), so
+# test_autograd_registration passes without checking anything: opcheck skips it for such inputs.
+# Their autograd kernel refuses inputs that require grad under grad mode (double backward; see
+# test_double_backward_is_refused).
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", [(6, 5), (4, 5, 3), (1, 5)])
+@pytest.mark.parametrize("mask", [[True, True, True], [False, True, False], [True, False, True]])
+def test_backward_ops_pass_opcheck(mode, shape, mask):
+    op = getattr(kernels.extension(), f"{mode}_backward").default
+    torch.library.opcheck(op, backward_args(mode, shape, mask), test_utils="ALL")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_double_backward_is_refused(mode):
+    layer = build_norm(mode, 4)
+    x = torch.randn(8, 4, requires_grad=True)
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+
+
+# ---------------------------------------------------------------- accuracy
 
 
 def float32_errors(mode, shape, compiled):
@@ -93,11 +202,14 @@ def float32_errors(mode, shape, compiled):
     return errors, buffers, layer.diagnostics.collect(), reference.diagnostics.collect()
 
 
-@pytest.mark.parametrize("mode", ["moving_average", "renorm"])
-@pytest.mark.parametrize("shape", [(32, 64, 16, 16), (128, 256), (1, 256), (3, 5, 4097), (6, 7, 5)])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "shape", [(32, 64, 16, 16), (128, 256), (1, 256), (3, 5, 4097), (6, 7, 5), (4, 20000)]
+)
 def test_compiled_step_in_float32_is_as_accurate_as_the_pytorch_path(mode, shape):
-    """The benchmark's shapes, rows longer than one accumulation block, odd sizes: against a
-    float64 reference, the compiled step's rounding is no worse than the PyTorch layers'."""
+    """The benchmark's shapes, rows longer than one accumulation block, odd sizes, a wide (N, C)
+    input: against a float64 reference, the compiled step's rounding is no worse than the
+    PyTorch layers'."""
     compiled, compiled_buffers, diagnostics, reference_diagnostics = float32_errors(
         mode, shape, True
     )
@@ -111,12 +223,14 @@ def test_compiled_step_in_float32_is_as_accurate_as_the_pytorch_path(mode, shape
     assert diagnostics == pytest.approx(reference_diagnostics, rel=1e-4)
 
 
-@pytest.mark.parametrize("mode", ["moving_average", "renorm"])
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize(("center", "spread"), [(1e4, 0.5), (-300.0, 1e-3), (0.0, 1e3)])
 def test_batch_statistics_stay_accurate_far_from_zero(mode, center, spread):
-    """One pass over the data, shifted by one of the channel's own values: no E[x^2] - E[x]^2
-    cancellation when |mean| >> std (float32 data, float64 reference of the same values)."""
-    layer = build_norm(mode, 3, momentum=1.0)
+    """One pass over the data, shifted by one of the channel's own values (online: each sample's
+    moments shifted by its own first value, the batch's by the first sample's mean): no
+    E[x^2] - E[x]^2 cancellation when |mean| >> std (float32 data, float64 reference of the same
+    values)."""
+    layer = build_norm(mode, 3, **({} if mode == "online" else {"momentum": 1.0}))
     x = torch.randn(16, 3, 50, generator=torch.Generator().manual_seed(0)) * spread + center
     layer(x)
     mean, var = reference_moments(x)
@@ -125,10 +239,14 @@ def test_batch_statistics_stay_accurate_far_from_zero(mode, center, spread):
     torch.testing.assert_close(raw[1].double(), var, rtol=1e-4, atol=0)
 
 
-@pytest.mark.parametrize("mode", ["moving_average", "renorm"])
+# ---------------------------------------------------------------- autograd bookkeeping
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_buffer_updates_are_seen_by_autograd(mode):
-    """The kernel writes the running buffers through raw pointers and bumps their versions, so
-    a graph that saved them (an eval-mode forward) refuses to backpropagate stale values."""
+    """The kernel writes the running buffers through raw pointers; its autograd kernel marks them
+    dirty, so their versions move and a graph that saved them (an eval-mode forward) refuses to
+    backpropagate stale values."""
     layer = build_norm(mode, 4)
     layer.eval()
     x = torch.randn(8, 4, requires_grad=True)
@@ -142,32 +260,89 @@ def test_buffer_updates_are_seen_by_autograd(mode):
         y.sum().backward()
 
 
-@pytest.mark.parametrize("mode", ["moving_average", "renorm"])
+def test_online_control_buffer_updates_in_backward_are_seen_by_autograd():
+    layer = build_norm("online", 4)
+    weight = torch.randn(4, requires_grad=True)
+    saved_ctrl = (weight * layer.ctrl_mean).sum()  # a graph that saved ctrl_mean
+    x = torch.randn(8, 4, requires_grad=True)
+    y = layer(x)
+    versions = layer.ctrl_mean._version, layer.ctrl_proj._version
+    y.sum().backward()
+    assert layer.ctrl_mean._version > versions[0] and layer.ctrl_proj._version > versions[1]
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        saved_ctrl.backward()
+
+
+def online_running_mean(x, alpha, mean):
+    """The paper's mean recurrence over the samples of an (N, C) batch, written out."""
+    for sample in x:
+        mean = alpha * mean + (1 - alpha) * sample
+    return mean
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_no_grad_training_step_updates_buffers_without_a_graph(mode):
-    layer = build_norm(mode, 4, momentum=1.0)
     x = torch.randn(8, 4) + 5
+    if mode == "online":
+        layer = build_norm(mode, 4, alpha_fwd=0.7)
+        expected = online_running_mean(x, 0.7, torch.zeros(4))
+    else:
+        layer, expected = build_norm(mode, 4, momentum=1.0), x.mean(dim=0)
     with torch.no_grad():
         y = layer(x)
     assert y.grad_fn is None
-    torch.testing.assert_close(layer.running_mean, x.mean(dim=0))
+    torch.testing.assert_close(layer.running_mean, expected)
+    assert layer.num_batches_tracked.item() == 1
 
 
-def test_renorm_input_gradient_needs_no_parameter_gradients():
-    layer = build_norm("renorm", 4, rmax=2.0, dmax=1.0)
-    layer.requires_grad_(False)
-    x = torch.randn(8, 4, requires_grad=True)
-    layer(x).sum().backward()
-    assert x.grad is not None and layer.weight.grad is None
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", [(8, 4), (8, 4, 5), (1, 4)])
+def test_input_gradient_needs_no_parameter_gradients(mode, shape):
+    """With the affine frozen the backward skips the parameter gradients; the input gradient
+    and (online) the control state are those of the PyTorch path."""
+    layers = layer_pair(mode, shape[1])
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(3)) * 2 + 1
+    grads = []
+    for layer in layers:
+        layer.requires_grad_(False)
+        xi = x.clone().requires_grad_(True)
+        layer(xi).backward(torch.ones(shape))
+        assert xi.grad is not None and layer.weight.grad is None and layer.bias.grad is None
+        grads.append((xi.grad, *layer.buffers()))
+    for compiled, pytorch in zip(*grads, strict=True):
+        torch.testing.assert_close(compiled, pytorch)
 
 
-def test_diagnostics_follow_a_module_moved_to_float64():
-    layer = build_norm("renorm", 4, momentum=0.5)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", [(8, 4), (8, 4, 5), (1, 4)])
+def test_parameter_gradients_need_no_input_gradient(mode, shape):
+    """Without an input gradient the backward skips it; the parameter gradients and (online) the
+    control state, which the skipped gradient would have fed, are those of the PyTorch path."""
+    layers = layer_pair(mode, shape[1])
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(3)) * 2 + 1
+    grad = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+    results = []
+    for layer in layers:
+        layer(x).backward(grad)
+        results.append((layer.weight.grad, layer.bias.grad, *layer.buffers()))
+    for compiled, pytorch in zip(*results, strict=True):
+        torch.testing.assert_close(compiled, pytorch)
+
+
+# ---------------------------------------------------------------- engineering
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_diagnostics_follow_a_module_moved_to_float64(mode):
+    layer = build_norm(mode, 4, **({"momentum": 0.5} if mode != "online" else {}))
     layer(torch.randn(8, 4))
     layer.double()
     layer(torch.randn(8, 4, dtype=torch.float64))
     assert layer.diagnostics._buffer.dtype == torch.float64
     stats = layer.diagnostics.collect()
-    assert layer.diagnostics.steps == 0 and set(stats) >= {"mean_shift", "r_clip_frac"}
+    assert layer.diagnostics.steps == 0 and set(stats) >= {"mean_shift", "std_ratio"}
+    if mode == "renorm":
+        assert "r_clip_frac" in stats
 
 
 def test_build_failure_falls_back_to_pytorch_with_one_warning(monkeypatch):
@@ -189,10 +364,12 @@ def test_build_failure_falls_back_to_pytorch_with_one_warning(monkeypatch):
         kernels.extension.cache_clear()
 
 
-def test_a_deep_copied_layer_records_its_own_diagnostics():
+@pytest.mark.parametrize("mode", MODES)
+def test_a_deep_copied_layer_records_its_own_diagnostics(mode):
     """The compiled step writes diagnostics into views of a preallocated buffer; a copy must
     write into its own buffer, which its window then reads."""
-    layer = build_norm("renorm", 3, momentum=0.5)
+    options = {"momentum": 0.5} if mode != "online" else {"alpha_fwd": 0.5}
+    layer = build_norm(mode, 3, **options)
     first = torch.randn(8, 3)
     layer(first)
     twin = copy.deepcopy(layer)
@@ -202,7 +379,7 @@ def test_a_deep_copied_layer_records_its_own_diagnostics():
     assert layer.diagnostics.steps == 1, "the copy's step stays out of the original's window"
     layer(x)
     assert layer.diagnostics.collect() == pytest.approx(twin_stats)
-    fresh = build_norm("renorm", 3, momentum=0.5)
+    fresh = build_norm(mode, 3, **options)
     fresh.compiled_step = False
     fresh(first), fresh(x)
     assert twin_stats == pytest.approx(fresh.diagnostics.collect(), rel=1e-5)

@@ -21,8 +21,8 @@ from normlab.norms import (
 SHAPES = [(8, 5), (8, 5, 7), (4, 5, 3, 6)]
 
 
-# every test twice: moving_average and renorm through the compiled CPU step and through the
-# pure-PyTorch layers, against the same references
+# every test twice: batch, moving_average, renorm and online through the compiled CPU steps and
+# through the pure-PyTorch layers, against the same references
 pytestmark = pytest.mark.usefixtures("float64_module", "step_path")
 
 

@@ -10,7 +10,8 @@ from normlab.norms import OnlineNorm, build_norm, is_batch_dependent, linear_sca
 SHAPES = [(6, 5), (6, 5, 7), (4, 5, 3, 6)]
 
 
-pytestmark = pytest.mark.usefixtures("float64_module")
+# every test twice: through the compiled CPU step and through the pure-PyTorch layer
+pytestmark = pytest.mark.usefixtures("float64_module", "step_path")
 
 
 class PaperOnlineNorm:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from normlab.errors import ConfigError
+from normlab.norms import kernels
 from normlab.norms.base import RunningStatsNorm
 from normlab.norms.options import RunFacts, at_least, option, optional, positive
 from normlab.norms.registry import Mode, Style, register
@@ -34,6 +35,9 @@ class BatchNorm(RunningStatsNorm):
     (and gradients through them), so the statistics' batch size is separated from the
     optimizer's. The running buffers take one EMA step per batch with the sub-batches' average
     mean and average unbiased variance.
+
+    On CPU, the step without ghost batches is one compiled op (:mod:`normlab.norms.kernels`,
+    same equations, ATen's batch-norm backward; the tests run both paths).
     """
 
     records_diagnostics = True
@@ -59,6 +63,8 @@ class BatchNorm(RunningStatsNorm):
         ghost = self.virtual_batch_size
         if ghost is not None and ghost < x.shape[0]:
             return self._ghost_forward(x, ghost)
+        if kernels.applies(x, self):
+            return kernels.batch_step(self, x)
         n = values_per_channel(x)
         if n == 1:
             mean, var = batch_stats(x)

@@ -1,15 +1,18 @@
-"""Compiled CPU training steps of the ``moving_average`` and ``renorm`` layers.
+"""Compiled CPU training steps of the batch, moving_average, renorm and online layers.
 
-``csrc/fused_norm.cpp`` does one training step of each layer as one op: statistics, the
-per-channel algebra (r, d, clipping, running updates, diagnostics) in one loop, the output in
-one pass; backward, ATen's training-mode batch-norm backward for renorm and one pass of its own
-for moving_average (whose statistics are constants). On small inputs the pure-PyTorch path
-spends most of its time dispatching a dozen tiny per-channel ops; this is what brings those
-layers to the speed of the native kernel (``scripts/bench_norm.py`` shows both paths side by
-side).
+``csrc/fused_norm.cpp`` registers two custom operators per mode with PyTorch's dispatcher
+(``torch.ops.normlab``): ``<mode>_step``, which returns the output and the rows its backward
+needs and updates the running buffers, the step counter and the diagnostics record in place
+(its autograd kernel, a ``torch::autograd::Function``, marks them dirty, so their version
+counters move as for an ATen in-place op), and ``<mode>_backward``. Statistics, the
+per-channel algebra (r, d, clipping, running updates, diagnostics) and the output take one pass
+each; on small inputs the pure-PyTorch path spends most of its time dispatching a dozen tiny
+per-channel ops, which is what brings those layers to the speed of the native kernel
+(``scripts/bench_norm.py`` shows both paths side by side). The fake (meta) kernels below let the
+ops run on fake tensors (``torch.compile``, ``torch.library.opcheck``).
 
 The extension is built on first use by torch's C++ extension loader (a C++ compiler and ninja,
-about half a minute once; cached under ``TORCH_EXTENSIONS_DIR``, by default
+about a minute once; cached under ``TORCH_EXTENSIONS_DIR``, by default
 ``~/.cache/torch_extensions``). Where it cannot be built the layers keep their pure-PyTorch path,
 after one warning. A layer's ``compiled_step`` attribute chooses per layer; ``NORMLAB_KERNELS=off``
 sets its default to the pure-PyTorch path. Both paths are tested against the same references.
@@ -32,17 +35,22 @@ ENABLED = os.environ.get("NORMLAB_KERNELS", "on").lower() not in ("off", "0", "f
 
 
 def build() -> ModuleType:
-    """Compile (or load the cached build of) the extension; raises if that fails."""
+    """Compile (or load the cached build of) the extension and return its operators,
+    ``torch.ops.normlab``; raises if that fails."""
     from torch.utils.cpp_extension import load
 
     _put_ninja_on_path()
     suffix, flags = _vector_flags()
-    return load(
+    load(
         name=f"normlab_fused_norm{suffix}",
         sources=[str(SOURCE)],
-        extra_cflags=["-O3", *flags],
+        # no errno from sqrt: the per-channel loops vectorize
+        extra_cflags=["-O3", "-fno-math-errno", *flags],
+        is_python_module=False,
         verbose=False,
     )
+    _register_fake_kernels()
+    return torch.ops.normlab
 
 
 def _vector_flags() -> tuple[str, list[str]]:
@@ -68,7 +76,8 @@ def _put_ninja_on_path() -> None:
 
 @functools.cache
 def extension() -> ModuleType | None:
-    """The built extension, or None (with one warning) where it cannot be built."""
+    """The extension's operators (``torch.ops.normlab``), or None (with one warning) where it
+    cannot be built."""
     try:
         return build()
     except Exception as error:  # any build failure falls back to the pure-PyTorch layers
@@ -101,24 +110,54 @@ def applies(x: Tensor, layer: nn.Module) -> bool:
     )
 
 
+# Each step calls its op's one overload, ``.default``: calling the packet resolves the overload
+# again on every call.
+
+
+def batch_step(layer: nn.Module, x: Tensor) -> Tensor:
+    """One training step of a ``BatchNorm`` without ghost batches."""
+    step = extension().batch_step.default
+    return step(*_step_state(layer, x, "running_var"), layer.diagnostics_slot())[0]
+
+
 def moving_average_step(layer: nn.Module, x: Tensor) -> Tensor:
     """One training step of a ``MovingAverageNorm`` with ``grad_through_batch=False``."""
-    return extension().moving_average_step(
-        *_step_state(layer, x, "running_var"), layer.update == "before", layer.diagnostics_slot()
-    )
+    step = extension().moving_average_step.default
+    before = layer.update == "before"
+    return step(*_step_state(layer, x, "running_var"), before, layer.diagnostics_slot())[0]
 
 
 def renorm_step(layer: nn.Module, x: Tensor) -> Tensor:
     """One training step of a ``BatchRenorm``."""
-    return extension().renorm_step(
-        *_step_state(layer, x, "running_std"), layer.rmax, layer.dmax, layer.diagnostics_slot()
-    )
+    step = extension().renorm_step.default
+    rmax, dmax = layer.rmax, layer.dmax
+    return step(*_step_state(layer, x, "running_std"), rmax, dmax, layer.diagnostics_slot())[0]
+
+
+def online_step(layer: nn.Module, x: Tensor) -> Tensor:
+    """One training step of an ``OnlineNorm``; its backward runs the control process and updates
+    ``ctrl_mean``/``ctrl_proj``. ``momentum == 0`` freezes the statistics (``alpha_fwd = 1``)."""
+    params, buffers = layer._parameters, layer._buffers
+    return extension().online_step.default(
+        x,
+        params["weight"],
+        params["bias"],
+        buffers["running_mean"],
+        buffers["running_var"],
+        buffers["ctrl_mean"],
+        buffers["ctrl_proj"],
+        buffers["num_batches_tracked"],
+        1.0 if layer.momentum == 0 else layer.alpha_fwd,
+        layer.alpha_bkw,
+        layer.eps,
+        layer.diagnostics_slot(),
+    )[0]
 
 
 def _step_state(layer: nn.Module, x: Tensor, spread: str) -> tuple:
-    """The arguments both steps open with: input, affine, running buffers, momentum, eps. Read
-    from the parameter and buffer dicts: nn.Module.__getattr__ costs about half a microsecond
-    per name, several percent of a whole step at batch size 1."""
+    """The arguments the batch-statistics steps open with: input, affine, running buffers, step
+    counter, momentum, eps. Read from the parameter and buffer dicts: nn.Module.__getattr__ costs
+    about half a microsecond per name, several percent of a whole step at batch size 1."""
     params, buffers = layer._parameters, layer._buffers
     return (
         x,
@@ -130,3 +169,58 @@ def _step_state(layer: nn.Module, x: Tensor, spread: str) -> tuple:
         layer.momentum,
         layer.eps,
     )
+
+
+def _fake_step(x: Tensor, saved_rows: int) -> tuple[Tensor, Tensor]:
+    """A step's outputs: the output and the per-channel rows saved for backward."""
+    return torch.empty_like(x), x.new_empty((saved_rows, x.shape[1]))
+
+
+def _fake_grads(x: Tensor, weight: Tensor, mask: list[bool]) -> tuple:
+    return (
+        torch.empty_like(x) if mask[0] else None,
+        torch.empty_like(weight) if mask[1] else None,
+        torch.empty_like(weight) if mask[2] else None,
+    )
+
+
+@functools.cache
+def _register_fake_kernels() -> None:
+    """Output shapes and dtypes of every op, for fake tensors (the in-place updates of the
+    buffers carry no metadata change)."""
+    fake = torch.library.register_fake
+
+    @fake("normlab::batch_step")
+    def _(x, weight, bias, running_mean, running_var, count, momentum, eps, record):
+        return _fake_step(x, 2)
+
+    @fake("normlab::moving_average_step")
+    def _(x, weight, bias, running_mean, running_var, count, momentum, eps, before, record):
+        return _fake_step(x, 2)
+
+    @fake("normlab::renorm_step")
+    def _(x, weight, bias, running_mean, running_std, count, momentum, eps, rmax, dmax, record):
+        return _fake_step(x, 5)
+
+    @fake("normlab::online_step")
+    def _(x, weight, bias, mean, var, ctrl_mean, ctrl_proj, count, alpha, alpha_bkw, eps, record):
+        # per sample and channel; with one value per sample the backward needs two rows, not four
+        rows = 2 if x.numel() == x.shape[0] * x.shape[1] else 4
+        return torch.empty_like(x), x.new_empty((rows, x.shape[0], x.shape[1]))
+
+    @fake("normlab::batch_backward")
+    def _(grad, x, weight, saved, eps, mask):
+        return _fake_grads(x, weight, mask)
+
+    @fake("normlab::moving_average_backward")
+    def _(grad, x, weight, saved, mask):
+        return _fake_grads(x, weight, mask)
+
+    @fake("normlab::renorm_backward")
+    def _(grad, x, saved, eps, mask):
+        return _fake_grads(x, saved[0], mask)
+
+    @fake("normlab::online_backward")
+    def _(grad, x, weight, saved, ctrl_mean, ctrl_proj, alpha_bkw, mask):
+        state = torch.empty_like(ctrl_mean), torch.empty_like(ctrl_proj)
+        return (*_fake_grads(x, weight, mask), *state)
