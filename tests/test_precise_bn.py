@@ -120,3 +120,29 @@ def test_precise_evaluation_is_logged_and_leaves_training_untouched(cli, tmp_pat
         pd.testing.assert_series_equal(a[column], b[column])
     assert b["val_acc_precise"].between(0, 1).all()
     assert (b["precise_seconds"] > 0).all()
+
+
+def test_precise_statistics_over_a_number_of_examples_at_the_last_row_only(cli, monkeypatch):
+    from normlab import evaluation
+
+    counted = []
+
+    def counting(model, batches):
+        batches = list(batches)
+        counted.append((len(batches), sum(len(b) for b in batches)))
+        return recompute_population_stats(model, batches)
+
+    monkeypatch.setattr(evaluation, "recompute_population_stats", counting)
+    result = cli(
+        "norm=batch",
+        "batch_size=8",
+        "steps=20",
+        "eval_every=10",
+        "eval.precise_bn=true",
+        "eval.precise_examples=44",
+        "eval.precise_last_only=true",
+    )
+    assert result.code == 0, result.err
+    metrics = pd.read_csv(result.run_dirs()[0] / "metrics.csv")
+    assert metrics["val_acc_precise"].isna().tolist() == [True, True, False]
+    assert counted == [(6, 48)], "ceil(44 / 8) = 6 batches of 8, once"

@@ -131,6 +131,8 @@ class EvalConfig:
     eval_batch_size: int = 1000
     precise_bn: bool = False
     precise_batches: int = 50
+    # instead of precise_batches: enough batches of the run's size for this many examples
+    precise_examples: int | None = None
     precise_last_only: bool = False  # recompute only at the run's last row (its cost once)
 
 
@@ -445,6 +447,7 @@ def _validate_eval(run: RunConfig) -> None:
     _at_least("eval.train_subset", run.eval.train_subset, 1)
     _at_least("eval.eval_batch_size", run.eval.eval_batch_size, 1)
     _at_least("eval.precise_batches", run.eval.precise_batches, 1)
+    _at_least("eval.precise_examples", run.eval.precise_examples, 1, optional=True)
     div = run.divergence
     for key in ("loss_factor", "param_norm_factor", "activation_bound"):
         if not getattr(div, key) > 1:

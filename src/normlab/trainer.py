@@ -336,7 +336,11 @@ class Trainer:
     def _precise_batches(self) -> Iterator[Tensor]:
         x, y = self.data.x_train, self.data.y_train
         sampler = self._sampler(y, self.run.seed + 104729)
-        return (x[sampler.next_indices()] for _ in range(self.run.eval.precise_batches))
+        examples = self.run.eval.precise_examples
+        count = self.run.eval.precise_batches
+        if examples is not None:
+            count = math.ceil(examples / self.run.batch_size)
+        return (x[sampler.next_indices()] for _ in range(count))
 
     def _track_best(self, row: dict[str, float]) -> None:
         for key, better in (("val_acc_eval", max), ("val_loss", min), ("val_acc_train_mode", max)):
