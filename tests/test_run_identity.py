@@ -78,7 +78,7 @@ def test_every_registered_mode_composes_with_its_yaml(compose_config):
 def test_rerunning_a_committed_preset_retrains_nothing(cli, tmp_path):
     """The migrated records of a committed study (scripts/migrate_run_ids.py) are found again:
     every run of the preset's grid is skipped, nothing is rewritten."""
-    preset = "renorm_paper"
+    preset = "seed_question_quick"
     committed = REPO / "results" / "runs" / preset
     if not committed.is_dir():
         pytest.skip(f"no committed records of {preset}")

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from normlab import stats
+from normlab.norms import baselines, batch, moving_average, online, renorm
 from normlab.plots.runs import column_of, fmt, prepare_runs
 from normlab.plots.tables import to_latex, to_markdown
 from normlab.results import load_metrics, load_runs, load_traces
@@ -412,7 +413,12 @@ BRN = "Ioffe 2017, Batch Renormalization (arXiv 1702.03275)"
 GN = "Wu & He 2018, Group Normalization (arXiv 1803.08494)"
 ONLINE = "Chiley et al. 2019, Online Normalization (arXiv 1905.05894)"
 RETHINKING = "Wu & Johnson 2021, Rethinking “Batch” in BatchNorm (arXiv 2105.07576)"
-MA, MA_GRAD = "moving_average", "moving_average (grad through batch)"
+# the labels the claims are about, as each mode's own module draws them
+BATCH, GHOST = (style.label for style in batch.MODE.styles)
+MA, MA_GRAD = (style.label for style in moving_average.MODE.styles)
+RENORM = renorm.MODE.styles[0].label
+GROUP = baselines.GROUP.styles[0].label
+ONLINE_NORM = online.MODE.styles[0].label
 
 GREATER = Rule("greater", ACCURACY_MARGIN)
 CLAIMS: tuple[Claim, ...] = (
@@ -424,7 +430,7 @@ CLAIMS: tuple[Claim, ...] = (
         "acc(batch) − acc(moving_average), paired by seed, per batch size",
         GREATER,
         "runs labelled batch and moving_average in one setting",
-        paired("batch", MA, GREATER),
+        paired(BATCH, MA, GREATER),
     ),
     Claim(
         "bn_blowup",
@@ -433,7 +439,7 @@ CLAIMS: tuple[Claim, ...] = (
         "divergence rate of moving_average − rate of batch (Newcombe interval from Wilson)",
         Rule("greater", RATE_MARGIN),
         "runs labelled moving_average and batch in one setting",
-        rates(MA, "batch", Rule("greater", RATE_MARGIN)),
+        rates(MA, BATCH, Rule("greater", RATE_MARGIN)),
     ),
     Claim(
         "bn_bias_growth",
@@ -443,7 +449,7 @@ CLAIMS: tuple[Claim, ...] = (
         Rule("greater", GROWTH_MARGIN),
         "runs labelled moving_average and batch that log prenorm_bias_norm "
         "(model.bias_before_norm=true)",
-        bias_growth(MA, "batch", Rule("greater", GROWTH_MARGIN)),
+        bias_growth(MA, BATCH, Rule("greater", GROWTH_MARGIN)),
         scale=1.0,
         unit="ln",
     ),
@@ -464,8 +470,8 @@ CLAIMS: tuple[Claim, ...] = (
         Rule("no_worse", ACCURACY_MARGIN),
         "i.i.d. runs labelled renorm and batch at batch size ≥ 32",
         paired(
-            "renorm",
-            "batch",
+            RENORM,
+            BATCH,
             Rule("no_worse", ACCURACY_MARGIN),
             lambda r: _iid(r) & (r["statistics_batch_size"] >= 32),
         ),
@@ -477,7 +483,7 @@ CLAIMS: tuple[Claim, ...] = (
         "acc(renorm) − acc(batch), paired by seed, i.i.d. batches of 4",
         GREATER,
         "i.i.d. runs labelled renorm and batch at batch size 4",
-        paired("renorm", "batch", GREATER, lambda r: _iid(r) & (r["statistics_batch_size"] == 4)),
+        paired(RENORM, BATCH, GREATER, lambda r: _iid(r) & (r["statistics_batch_size"] == 4)),
     ),
     Claim(
         "brn_non_iid",
@@ -486,7 +492,7 @@ CLAIMS: tuple[Claim, ...] = (
         "acc(renorm) − acc(batch), paired by seed, data.sampler=non_iid",
         GREATER,
         "runs labelled renorm and batch with data.sampler=non_iid",
-        paired("renorm", "batch", GREATER, _non_iid),
+        paired(RENORM, BATCH, GREATER, _non_iid),
     ),
     Claim(
         "gn_bn_degrades",
@@ -495,7 +501,7 @@ CLAIMS: tuple[Claim, ...] = (
         "acc(batch) at the largest batch size − at each smaller one (Welch)",
         GREATER,
         "runs labelled batch at two or more batch sizes in one setting",
-        across_batch_sizes("batch", GREATER, reference_first=True),
+        across_batch_sizes(BATCH, GREATER, reference_first=True),
     ),
     Claim(
         "gn_flat",
@@ -504,7 +510,7 @@ CLAIMS: tuple[Claim, ...] = (
         "acc(group) at each smaller batch size − at the largest (Welch)",
         Rule("equivalent", ACCURACY_MARGIN),
         "runs labelled group at two or more batch sizes in one setting",
-        across_batch_sizes("group", Rule("equivalent", ACCURACY_MARGIN), reference_first=False),
+        across_batch_sizes(GROUP, Rule("equivalent", ACCURACY_MARGIN), reference_first=False),
     ),
     Claim(
         "online_flat",
@@ -513,7 +519,7 @@ CLAIMS: tuple[Claim, ...] = (
         "acc(online) at each smaller batch size − at the largest (Welch)",
         Rule("equivalent", ACCURACY_MARGIN),
         "runs labelled online at two or more batch sizes in one setting",
-        across_batch_sizes("online", Rule("equivalent", ACCURACY_MARGIN), reference_first=False),
+        across_batch_sizes(ONLINE_NORM, Rule("equivalent", ACCURACY_MARGIN), reference_first=False),
     ),
     Claim(
         "rethinking_small",
@@ -523,7 +529,7 @@ CLAIMS: tuple[Claim, ...] = (
         "acc(precise statistics) − acc(EMA) of the same runs, statistics over ≤ 8 examples",
         GREATER,
         "runs labelled batch or batch (ghost) that log val_acc_precise, statistics batch ≤ 8",
-        precise_gain(("batch", "batch (ghost)"), GREATER, lambda size: size <= 8),
+        precise_gain((BATCH, GHOST), GREATER, lambda size: size <= 8),
     ),
     Claim(
         "rethinking_large",
@@ -533,7 +539,7 @@ CLAIMS: tuple[Claim, ...] = (
         Rule("equivalent", ACCURACY_MARGIN),
         "runs labelled batch or batch (ghost) that log val_acc_precise, statistics batch ≥ 32",
         precise_gain(
-            ("batch", "batch (ghost)"),
+            (BATCH, GHOST),
             Rule("equivalent", ACCURACY_MARGIN),
             lambda size: size >= 32,
         ),

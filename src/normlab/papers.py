@@ -24,8 +24,8 @@ INCEPTION = "Inception-v3, ImageNet, top-1 accuracy (%)"
 
 # ResNet-50 ImageNet top-1 error by images per GPU (the batch each statistic comes from)
 GN_ERROR = {
-    "batch": {32: 23.6, 16: 23.7, 8: 24.8, 4: 27.3, 2: 34.7},
-    "group": {32: 24.1, 16: 24.2, 8: 24.0, 4: 24.2, 2: 24.1},
+    "BN": {32: 23.6, 16: 23.7, 8: 24.8, 4: 27.3, 2: 34.7},
+    "GN": {32: 24.1, 16: 24.2, 8: 24.0, 4: 24.2, 2: 24.1},
 }
 GN_REFERENCE = 32
 
@@ -52,7 +52,7 @@ class Published:
 def _gn_rows() -> list[Published]:
     rows = []
     for size in (16, 8, 4, 2):
-        bn, gn = GN_ERROR["batch"], GN_ERROR["group"]
+        bn, gn = GN_ERROR["BN"], GN_ERROR["GN"]
         rows.append(
             Published(
                 "gn_bn_degrades",

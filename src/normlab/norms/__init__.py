@@ -19,7 +19,21 @@ from __future__ import annotations
 
 from torch import nn
 
-from normlab.norms import baselines, batch, moving_average, online, registry, renorm
+# the built-in modes, each registered by importing its module, in the order that figures and
+# tables list them
+from normlab.norms import batch
+
+# isort: split
+from normlab.norms import moving_average
+
+# isort: split
+from normlab.norms import renorm
+
+# isort: split
+from normlab.norms import online
+
+# isort: split
+from normlab.norms import baselines, registry
 from normlab.norms.base import RunningStatsNorm, Scheduled, is_batch_dependent, norm_layers
 from normlab.norms.baselines import GroupNorm, Identity, LayerNorm
 from normlab.norms.batch import BatchNorm
@@ -35,9 +49,11 @@ from normlab.norms.stats import (
     values_per_channel,
 )
 
+BUILT_IN = (batch, moving_average, renorm, online, baselines)
 MODES = registry.names()
 
 __all__ = [
+    "BUILT_IN",
     "MODES",
     "BatchNorm",
     "BatchRenorm",
@@ -49,19 +65,13 @@ __all__ = [
     "OnlineNorm",
     "RunningStatsNorm",
     "Scheduled",
-    "baselines",
-    "batch",
     "batch_stats",
     "build_norm",
     "is_batch_dependent",
     "linear_scan",
-    "moving_average",
     "norm_layers",
     "normalize_with_batch_stats",
     "normalize_with_constant_stats",
-    "online",
-    "registry",
-    "renorm",
     "values_per_channel",
 ]
 
