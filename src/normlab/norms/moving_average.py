@@ -134,7 +134,7 @@ MODE = register(
         options=MovingAverageOptions,
         styles=(
             Style("moving_average", "#D55E00", "s"),
-            Style("moving_average (grad through batch)", "#994F00", "d"),
+            Style("moving_average (grad through batch)", "#882255", "d"),
         ),
         label=_label,
         tags=_tags,

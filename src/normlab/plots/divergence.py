@@ -169,11 +169,23 @@ def plot_blowup_mechanism(
     for row_axes, setting in zip(axes, settings, strict=True):
         part = rows.loc[rows["setting"] == setting]
         for ax, metric in zip(row_axes, names, strict=True):
+            draw.step_axis(ax)
+            ax.set_ylabel(LABELS[metric])
+            if not (pd.to_numeric(part[metric], errors="coerce") > 0).any():
+                # e.g. no bias feeds a norm in this setting: nothing to draw on a log axis
+                ax.text(
+                    0.5,
+                    0.5,
+                    "not recorded here",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                    color=NEUTRAL,
+                )
+                continue
             for _, run in part.groupby("run_dir", sort=False):
                 _draw_trace(ax, run, metric, colors[run["mode"].iloc[0]].color)
             _log_axis(ax)
-            draw.step_axis(ax)
-            ax.set_ylabel(LABELS[metric])
         if setting:
             row_axes[0].set_title(setting, loc="left")
     handles = draw.mode_handles(colors)
