@@ -83,7 +83,14 @@ def test_a_study_selects_on_validation_then_reports_every_seed_on_test(tmp_path,
     assert summary["status"] == "completed"
     # again: every stage finds its runs, nothing trains
     assert study.main(args) == 0
-    assert (
-        sorted(Path(p) for p in (results / "runs" / "seed_question_mlp").glob("*/config.yaml"))
-        == final
-    )
+    again = sorted(Path(p) for p in (results / "runs" / "seed_question_mlp").glob("*/config.yaml"))
+    assert again == final
+    # a final run trained under another choice is moved aside, not averaged in
+    stale = final[0].parent.with_name(final[0].parent.name.replace("-s0-", "-s9-"))
+    final[0].parent.rename(stale)
+    config = yaml.safe_load((stale / "config.yaml").read_text())
+    config["optim"]["lr_factor"] = 7.0
+    (stale / "config.yaml").write_text(yaml.safe_dump(config))
+    moved = study.move_superseded(results / "runs" / "seed_question_mlp", choice)
+    assert [p.name for p in moved] == [stale.name]
+    assert (results / "runs" / "seed_question_mlp_superseded" / stale.name).is_dir()

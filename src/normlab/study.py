@@ -12,7 +12,9 @@ learning-rate factors, the seeds used to choose among them and the seeds of the 
    ``results/runs/NAME_select/lr_choice.json`` with every score.
 3. **final**: every cell trains with its chosen factor and all the study's seeds, evaluated on
    the held-out test set; sweep ``NAME``. Each run looks its factor up
-   (``optim.lr_choice``) and records it as ``optim.lr_factor``.
+   (``optim.lr_choice``) and records it as ``optim.lr_factor``. Final runs left from an earlier
+   choice (the grid grew, a selection run was redone) are moved to ``NAME_superseded`` first,
+   so that figures and claims see one factor per cell.
 4. figures and the claims table from the final runs' records.
 
 Every stage resumes: finished runs are skipped, so a stopped study picks up where it was.
@@ -108,6 +110,29 @@ def write_choice(select_dir: Path) -> Path:
     return path
 
 
+def move_superseded(final_dir: Path, choice: dict[str, dict[str, Any]]) -> list[Path]:
+    """Move the final runs whose factor is not their cell's chosen one out of ``final_dir``,
+    into ``<final_dir>_superseded``; return where they went."""
+    import shutil
+
+    import yaml
+
+    from normlab.config import from_record
+    from normlab.loggers import CONFIG_FILE
+
+    moved = []
+    for config in sorted(final_dir.glob(f"*/{CONFIG_FILE}")) if final_dir.exists() else []:
+        run = from_record(yaml.safe_load(config.read_text()))
+        chosen = choice.get(cell_id(run), {}).get("lr_factor")
+        if chosen is not None and run.optim.lr_factor != chosen:
+            target = final_dir.with_name(f"{final_dir.name}_superseded") / config.parent.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.move(str(config.parent), str(target))
+            moved.append(target)
+    return moved
+
+
 def lookup(path: str | Path, run: Any) -> float:
     """The factor chosen for ``run``'s cell; KeyError if the file has none."""
     choice = json.loads(Path(path).read_text())
@@ -171,6 +196,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     choice = write_choice(Path(node["runs"]) / select)
     print(f"normlab-study: learning rates chosen: {choice}", file=sys.stderr)
+    moved = move_superseded(Path(node["runs"]) / args.preset, json.loads(choice.read_text()))
+    if moved:
+        print(
+            f"normlab-study: moved {len(moved)} run(s) of an earlier choice to {moved[0].parent}",
+            file=sys.stderr,
+        )
     _train(
         args.preset,
         [f"sweep={args.preset}", f"optim.lr_choice={choice}", f"seed={seeds}", *args.overrides],
