@@ -7,7 +7,7 @@ JOBS ?= 2
 QUICK ?= seed_question_quick
 LOCAL ?= results/local
 STUDY ?= seed_question_mlp
-STUDIES ?= seed_question_mlp seed_question_cnn1d seed_question_mnist_mlp seed_question_mnist_cnn renorm_non_iid
+STUDIES ?= seed_question_mlp seed_question_cnn1d seed_question_mnist_mlp seed_question_mnist_cnn renorm_non_iid_mlp renorm_non_iid_cnn1d
 # MNIST-5k and the other real-image data sets are looked for here (data=mnist_5k ...)
 export NORMLAB_DATA ?= $(abspath ../shared/data)
 
