@@ -11,7 +11,7 @@ STUDIES ?= seed_question_mlp seed_question_cnn1d seed_question_mnist_mlp seed_qu
 # MNIST-5k and the other real-image data sets are looked for here (data=mnist_5k ...)
 export NORMLAB_DATA ?= $(abspath ../shared/data)
 
-.PHONY: venv run study studies blowup claims test test-fast lint format bench
+.PHONY: venv run study studies blowup claims overview test test-fast lint format bench
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,14 +41,20 @@ study: $(STAMP)
 # Every committed study, then the claims table over all of them.
 studies: $(STAMP)
 	for s in $(STUDIES); do $(VENV)/bin/normlab-study $$s hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) || exit 1; done
-	$(MAKE) blowup claims
+	$(MAKE) blowup claims overview
 
 blowup: $(STAMP)
 	$(VENV)/bin/normlab-train -m +experiment=blowup hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)
 	$(VENV)/bin/normlab-plot results/runs/blowup --out results/figures/blowup
 
+# The four seed-question studies in one set of figures: FC and conv nets on one values-per-channel scale.
+SEED_STUDIES := $(filter seed_question_%,$(STUDIES))
+overview: $(STAMP)
+	$(VENV)/bin/normlab-plot $(addprefix results/runs/,$(SEED_STUDIES)) --out results/figures/seed_question_all
+
+# The verdicts over the committed studies (not the quick default, which is not converged).
 claims: $(STAMP)
-	$(VENV)/bin/normlab-claims results/runs --out results/claims.md
+	$(VENV)/bin/normlab-claims $(addprefix results/runs/,$(STUDIES) blowup) --out results/claims.md
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q

@@ -3,7 +3,11 @@
 Composes every point of each preset's grid (``hydra.sweeper.params`` of
 ``conf/experiment/<preset>.yaml``, the cartesian product, as Hydra's basic sweeper expands it)
 through the real configs, computes each run's id and looks for it under
-``<results>/runs/<preset>/``. Trains nothing.
+``<results>/runs/<preset>/``. A study preset (a ``study`` node, seeds not in its grid) is
+checked stage by stage as ``normlab-study`` runs it: the learning-rate selection (grid ×
+``study.lr_factors`` × ``study.select_seeds`` on the validation split, under
+``<preset>_select/``), then the final runs (grid × ``study.seeds`` at the chosen factors of
+``<preset>_select/lr_choice.json``). Trains nothing.
 
     python scripts/check_presets.py                       # every preset with committed records
     python scripts/check_presets.py blowup seed_question  # these presets
@@ -31,21 +35,52 @@ def grid(preset: str) -> tuple[list[str], list[list[str]]]:
     return list(params), [str(v).split(",") for v in params.values()]
 
 
-def points(preset: str) -> Iterator[list[str]]:
+def stages(preset: str, runs_dir: Path) -> list[tuple[str, list[str], dict[str, list[str]]]]:
+    """(sweep, fixed overrides, extra swept keys) of each stage re-running the preset trains."""
+    study = _compose(preset, []).get("study")
+    if not study or not study.get("seeds") or "seed" in grid(preset)[0]:
+        return [(preset, [], {})]  # a plain sweep (its grid names the seeds): normlab-train -m
+    select = f"{preset}_select"
+    return [
+        (
+            select,
+            [f"sweep={select}", "data.eval_split=validation"],
+            {
+                "optim.lr_factor": [str(f) for f in study.lr_factors],
+                "seed": [str(s) for s in study.select_seeds],
+            },
+        ),
+        (
+            preset,
+            [f"sweep={preset}", f"optim.lr_choice={runs_dir / select / 'lr_choice.json'}"],
+            {"seed": [str(s) for s in study.seeds]},
+        ),
+    ]
+
+
+def points(preset: str, extra: dict[str, list[str]] | None = None) -> Iterator[list[str]]:
     keys, values = grid(preset)
+    keys, values = [*keys, *(extra or {})], [*values, *(extra or {}).values()]
     for combo in itertools.product(*values):
         yield [f"{k}={v}" for k, v in zip(keys, combo, strict=True)]
 
 
-def missing_runs(preset: str, runs_dir: Path) -> list[str]:
-    """The overrides of every grid point whose run id has no directory in ``runs_dir``."""
-    sweep = runs_dir / preset
-    recorded = {p.name for p in sweep.iterdir()} if sweep.exists() else set()
-    missing = []
-    for overrides in points(preset):
-        if run_id(validate(_compose(preset, overrides))) not in recorded:
+def missing_runs(
+    preset: str, runs_dir: Path, sweep: str, fixed: list[str], extra: dict[str, list[str]]
+) -> tuple[int, list[str]]:
+    """How many runs the stage has, and the overrides of those with no directory in ``sweep``."""
+    sweep_dir = runs_dir / sweep
+    recorded = {p.name for p in sweep_dir.iterdir()} if sweep_dir.exists() else set()
+    total, missing = 0, []
+    for overrides in points(preset, extra):
+        total += 1
+        try:
+            rid = run_id(validate(_compose(preset, [*fixed, *overrides])))
+        except Exception as error:  # a final stage whose choice file is missing or lacks the cell
+            rid = f"unresolved: {error}"
+        if rid not in recorded:
             missing.append(" ".join(overrides))
-    return missing
+    return total, missing
 
 
 def _compose(preset: str, overrides: list[str]):
@@ -67,12 +102,12 @@ def main() -> int:
     )
     status = 0
     for preset in presets:
-        total = sum(1 for _ in points(preset))
-        missing = missing_runs(preset, runs_dir)
-        print(f"{preset}: {total - len(missing)}/{total} grid points recorded")
-        for overrides in missing[:10]:
-            print(f"  would train: {overrides}")
-        status |= bool(missing)
+        for sweep, fixed, extra in stages(preset, runs_dir):
+            total, missing = missing_runs(preset, runs_dir, sweep, fixed, extra)
+            print(f"{sweep}: {total - len(missing)}/{total} runs recorded")
+            for overrides in missing[:10]:
+                print(f"  would train: {overrides}")
+            status |= bool(missing)
     return status
 
 
