@@ -81,6 +81,29 @@ def test_joblib_launcher_two_jobs_never_share_a_run_directory(tmp_path):
 
 
 @pytest.mark.slow
+def test_joblib_rerun_of_a_finished_sweep_skips_every_run_before_dispatching(tmp_path):
+    results = tmp_path / "results"
+    grid = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "norm=batch,renorm", *TINY)
+
+    def sweep(folder: str) -> subprocess.CompletedProcess:
+        sweep_dir = f"hydra.sweep.dir={tmp_path / folder}"
+        command = multirun_command(results, "again", *grid, sweep_dir)
+        return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+    first = sweep("first")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "first").iterdir() if p.is_dir()) == ["0", "1"]
+    stamps = {p: p.stat().st_mtime_ns for p in (results / "runs").rglob("*") if p.is_file()}
+    again = sweep("again")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("already completed; skipped") == 2
+    assert "2/2 runs (2 skipped)" in again.stderr
+    # no Hydra job was set up (no job directory, no saved configs) and no record rewritten
+    assert not [p for p in (tmp_path / "again").glob("*") if p.is_dir()]
+    assert {p: p.stat().st_mtime_ns for p in (results / "runs").rglob("*") if p.is_file()} == stamps
+
+
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_a_sweep(tmp_path):
     results = tmp_path / "results"
     command = multirun_command(

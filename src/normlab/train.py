@@ -100,6 +100,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         lock.release()
 
 
+def finished_run(cfg: DictConfig) -> dict[str, Any] | None:
+    """The summary of the run ``cfg`` describes if it already completed or diverged, as
+    :func:`run` would skip it; None otherwise (a config that does not validate is left to
+    :func:`run`, which reports it). The launchers ask before they dispatch a job."""
+    try:
+        config = validate(cfg)
+    except ConfigError:
+        return None
+    return _finished(Path(config.paths.runs) / config.sweep / run_id(config), config)
+
+
 def _finished(run_dir: Path, config: RunConfig) -> dict[str, Any] | None:
     """The summary of a run already completed or diverged, unless told to overwrite it."""
     previous = read_summary(run_dir)

@@ -3,9 +3,10 @@ preemption hook that saves the running trainer's checkpoint.
 
 - ``basic`` and ``joblib`` (registered under the names of Hydra's own, :func:`register`): a
   sweep bar (runs done/total, completed/diverged/failed/skipped, elapsed, ETA) and one line per
-  finished run (:mod:`normlab.progress`). joblib workers report their runs' steps through files
-  (``NORMLAB_PROGRESS_DIR``, passed to each job with Hydra's ``hydra.job.env_set``), results
-  arrive as each job ends.
+  finished run (:mod:`normlab.progress`). A run already completed or diverged is skipped here,
+  before Hydra sets up its job (directory, logging, saved configs) or a worker starts. joblib
+  workers report their runs' steps through files (``NORMLAB_PROGRESS_DIR``, passed to each job
+  with Hydra's ``hydra.job.env_set``), results arrive as each job ends.
 - ``slurm`` and ``submitit_requeue``: submitit calls the launched callable's ``checkpoint()``
   when the job receives its preemption or time-out signal (USR2), then requeues the same call;
   these subclasses first write a fresh checkpoint of the run in progress, so the requeued job
@@ -108,6 +109,31 @@ def _sweep_progress(launcher: Any, jobs: int) -> SweepProgress:
     )
 
 
+def _finished_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]]) -> dict[int, JobReturn]:
+    """The jobs whose runs are already finished, by index, each with the summary a skipping
+    job returns: composed here (once per group choice, :class:`CachingConfigLoader`) instead of
+    set up as a Hydra job, which is most of re-running a finished study."""
+    from omegaconf import open_dict
+
+    from normlab.train import finished_run
+
+    loader = launcher.hydra_context.config_loader
+    finished = {}
+    for index, overrides in enumerate(job_overrides):
+        cfg = loader.load_sweep_config(launcher.config, list(overrides))
+        with open_dict(cfg):
+            del cfg["hydra"]
+        summary = finished_run(cfg)
+        if summary is not None:
+            finished[index] = JobReturn(
+                overrides=list(overrides),
+                cfg=cfg,
+                status=JobStatus.COMPLETED,
+                _return_value=summary,
+            )
+    return finished
+
+
 def _report(progress: SweepProgress, ret: JobReturn) -> None:
     if ret.status == JobStatus.FAILED:
         progress.job_done(None, error=f"{type(ret._return_value).__name__}: {ret._return_value}")
@@ -138,8 +164,11 @@ class BasicLauncher(_ComposesOncePerGroupChoice, HydraBasicLauncher):
         progress = _sweep_progress(self, len(job_overrides))
         runs = []
         with _QuietHydraLogs(), progress.in_process():
+            finished = _finished_jobs(self, job_overrides)
             for offset, overrides in enumerate(job_overrides):
-                (ret,) = super().launch([overrides], initial_job_idx + offset)
+                ret = finished.get(offset)
+                if ret is None:
+                    (ret,) = super().launch([overrides], initial_job_idx + offset)
                 _report(progress, ret)
                 runs.append(ret)
         progress.close()
@@ -166,6 +195,11 @@ class JoblibLauncher(_ComposesOncePerGroupChoice, HydraJoblib):
         options = dict(self.joblib, backend="loky", return_as="generator_unordered")
         joblib_core.process_joblib_cfg(options)
         progress = _sweep_progress(self, len(job_overrides))
+        runs: list[JobReturn | None] = [None] * len(job_overrides)
+        with _QuietHydraLogs():
+            for offset, ret in _finished_jobs(self, job_overrides).items():
+                _report(progress, ret)
+                runs[offset] = ret
         state = Singleton.get_state()
         with tempfile.TemporaryDirectory(prefix="normlab-progress-") as folder:
             env = f"+hydra.job.env_set.{PROGRESS_DIR}={folder}"
@@ -180,10 +214,11 @@ class JoblibLauncher(_ComposesOncePerGroupChoice, HydraJoblib):
                     state,
                 )
                 for offset, overrides in enumerate(job_overrides)
+                if runs[offset] is None
             )
-            runs: list[JobReturn | None] = [None] * len(job_overrides)
+            pending = any(ret is None for ret in runs)  # no workers when every run is done
             with _QuietHydraLogs(), progress.other_processes(Path(folder)):
-                for offset, ret in Parallel(**options)(calls):
+                for offset, ret in Parallel(**options)(calls) if pending else ():
                     _report(progress, ret)
                     runs[offset] = ret
         progress.close()
