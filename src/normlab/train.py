@@ -82,7 +82,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         config = validate(cfg)
     except ConfigError as error:
         raise InputError(str(error)) from None
-    run_dir = Path(config.paths.runs) / config.sweep / run_id(config)
+    run_dir = _run_dir(config)
     finished = _finished(run_dir, config)
     if finished is not None:
         return finished
@@ -108,7 +108,11 @@ def finished_run(cfg: DictConfig) -> dict[str, Any] | None:
         config = validate(cfg)
     except ConfigError:
         return None
-    return _finished(Path(config.paths.runs) / config.sweep / run_id(config), config)
+    return _finished(_run_dir(config), config)
+
+
+def _run_dir(config: RunConfig) -> Path:
+    return Path(config.paths.runs) / config.sweep / run_id(config)
 
 
 def _finished(run_dir: Path, config: RunConfig) -> dict[str, Any] | None:
