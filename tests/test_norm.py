@@ -342,7 +342,7 @@ def test_every_mode_runs_at_batch_size_one(mode, shape):
 # ---------------------------------------------------------------- diagnostics
 
 
-def test_diagnostics_against_hand_computed_statistics():
+def test_diagnostics_against_hand_computed_statistics(step_path):
     layer = build_norm("batch", 2, momentum=0.5)
     with torch.no_grad():
         layer.running_mean.copy_(torch.tensor([1.0, 0.0]))
@@ -359,7 +359,7 @@ def test_diagnostics_against_hand_computed_statistics():
     assert layer.diagnostics.collect() == {}, "collect resets the window"
 
 
-def test_diagnostics_average_over_steps_and_can_be_switched_off():
+def test_diagnostics_average_over_steps_and_can_be_switched_off(step_path):
     layer = build_norm("moving_average", 1, momentum=0.0)
     layer(torch.tensor([[1.0], [3.0]]))  # mean 2, sigma ~1 -> shift 2
     layer(torch.tensor([[3.0], [5.0]]))  # mean 4 -> shift 4

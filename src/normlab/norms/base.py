@@ -85,11 +85,8 @@ class RunningStatsNorm(nn.Module):
         self._register_spread_buffer()
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
         self.track_diagnostics = True
-        # run the training step as one compiled CPU op where the layer has one
-        # (normlab.norms.kernels); False keeps the pure-PyTorch path, which is otherwise used
-        # on GPU and wherever the extension cannot be built
-        self.compiled_step = kernels.ENABLED
         self.diagnostics = NormDiagnostics(num_features, with_clipping=self.clips)
+        self.compiled_step = kernels.ENABLED
 
     def _register_spread_buffer(self) -> None:
         self.register_buffer("running_var", torch.ones(self.num_features))
@@ -101,6 +98,18 @@ class RunningStatsNorm(nn.Module):
     @momentum.setter
     def momentum(self, value: float) -> None:
         self._momentum = RunningStatsNorm.schedules["momentum"].checked("momentum", value)
+
+    @property
+    def compiled_step(self) -> bool:
+        """Whether the training step (and the diagnostics' fold) runs as one compiled CPU op
+        where the layer has one (:mod:`normlab.norms.kernels`); False keeps the pure-PyTorch
+        path, which is otherwise used on GPU and wherever the extension cannot be built."""
+        return self._compiled_step
+
+    @compiled_step.setter
+    def compiled_step(self, value: bool) -> None:
+        self._compiled_step = bool(value)
+        self.diagnostics.compiled = self._compiled_step
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"

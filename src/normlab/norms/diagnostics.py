@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from normlab.norms import kernels
+
 
 class NormDiagnostics:
     """Per-channel statistics a layer records each training step, accumulated on its device.
@@ -20,7 +22,9 @@ class NormDiagnostics:
     Each step only writes its raw statistics into one row of a preallocated buffer
     (:meth:`slot`, filled by the layer or by :meth:`record`); the ratios above are computed for
     up to :attr:`FOLD_EVERY` steps at once when the window is read or the buffer fills, so that
-    the per-step cost stays one small op instead of a dozen.
+    the per-step cost stays one small op instead of a dozen. On CPU the fold is one compiled op
+    (:func:`normlab.norms.kernels.fold_diagnostics`) where ``compiled`` is on (the layer's
+    ``compiled_step`` sets it); otherwise :meth:`_fold_with_pytorch`, the same equations.
     """
 
     CHANNEL_FIELDS = ("mean_shift", "std_ratio")
@@ -38,25 +42,15 @@ class NormDiagnostics:
         self._buffer: Tensor | None = None
         self._slots: tuple[Tensor, ...] = ()
         self._like: Tensor | None = None
+        self.compiled = kernels.ENABLED
         self.reset()
 
     def reset(self) -> None:
         self.steps = 0
         self._channel_sums: Tensor | None = None
         self._scalar_sums: Tensor | None = None
-        self._last: Tensor | None = None
         self._pending = 0  # steps recorded in the buffer and not yet folded
         self._pending_eps = 0.0
-
-    @property
-    def last_mean_shift(self) -> Tensor | None:
-        self._fold()
-        return None if self._last is None else self._last[0]
-
-    @property
-    def last_std_ratio(self) -> Tensor | None:
-        self._fold()
-        return None if self._last is None else self._last[1]
 
     def current_batch_mean(self) -> Tensor | None:
         """The batch mean of the step recorded last, if it is not folded yet."""
@@ -83,6 +77,9 @@ class NormDiagnostics:
         buffer = self._buffer
         if buffer is None or buffer.dtype != like.dtype or buffer.device != like.device:
             self._fold()
+            if self._channel_sums is not None:  # the open window's sums move along
+                self._channel_sums = self._channel_sums.to(like)
+                self._scalar_sums = self._scalar_sums.to(like)
             buffer = like.new_empty((self.FOLD_EVERY, self.rows, self.num_features))
             self._buffer, self._slots = buffer, buffer.unbind(0)  # views made once, not per step
         self._like = like
@@ -112,23 +109,26 @@ class NormDiagnostics:
         if not self._pending:
             return
         raw = self._buffer[: self._pending]
+        if self._channel_sums is None:
+            self._channel_sums = raw.new_zeros((len(self.CHANNEL_FIELDS), self.num_features))
+            self._scalar_sums = raw.new_zeros(len(self.fields))
+        if self.compiled and kernels.folds(raw):
+            kernels.fold_diagnostics(raw, self._pending_eps, self._channel_sums, self._scalar_sums)
+        else:
+            self._fold_with_pytorch(raw)
+        self._pending = 0
+
+    def _fold_with_pytorch(self, raw: Tensor) -> None:
         batch_mean, batch_var, ref_mean, ref_std = raw[:, : len(self.RAW_ROWS)].unbind(1)
         mean_shift = (batch_mean - ref_mean).abs_().div_(ref_std)
         std_ratio = (batch_var + self._pending_eps).sqrt_().div_(ref_std)
-        channels = torch.stack((mean_shift, std_ratio), dim=1)  # (steps, 2, C)
+        self._channel_sums += torch.stack((mean_shift, std_ratio), dim=1).sum(dim=0)
         rms = (batch_var + batch_mean.square()).mean(dim=-1).sqrt_()
         mean_rms = batch_mean.square().mean(dim=-1).sqrt_()
         scalars = [batch_mean.mean(dim=-1), rms, mean_rms]
         if self.with_clipping:
             scalars.extend(raw[:, len(self.RAW_ROWS) :].mean(dim=-1).unbind(1))
-        channel_sums, scalar_sums = channels.sum(dim=0), torch.stack(scalars, dim=1).sum(dim=0)
-        if self._channel_sums is None:
-            self._channel_sums, self._scalar_sums = channel_sums, scalar_sums
-        else:
-            self._channel_sums += channel_sums
-            self._scalar_sums += scalar_sums
-        self._last = channels[-1]
-        self._pending = 0
+        self._scalar_sums += torch.stack(scalars, dim=1).sum(dim=0)
 
     def state_dict(self) -> dict[str, object]:
         """The open window (step count and sums), for checkpoints; tensors stay on device."""
@@ -137,14 +137,12 @@ class NormDiagnostics:
             "steps": self.steps,
             "channel_sums": self._channel_sums,
             "scalar_sums": self._scalar_sums,
-            "last": self._last,
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.reset()
         self.steps = int(state["steps"])
         self._channel_sums, self._scalar_sums = state["channel_sums"], state["scalar_sums"]
-        self._last = state["last"]
 
     def per_channel(self) -> dict[str, Tensor]:
         """Per-channel means of ``mean_shift`` and ``std_ratio`` since the last reset."""

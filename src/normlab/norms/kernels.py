@@ -1,15 +1,18 @@
 """Compiled CPU training steps of the batch, moving_average, renorm and online layers.
 
 ``csrc/fused_norm.cpp`` registers two custom operators per mode with PyTorch's dispatcher
-(``torch.ops.normlab``): ``<mode>_step``, which returns the output and the rows its backward
-needs and updates the running buffers, the step counter and the diagnostics record in place
-(its autograd kernel, a ``torch::autograd::Function``, marks them dirty, so their version
-counters move as for an ATen in-place op), and ``<mode>_backward``. Statistics, the
-per-channel algebra (r, d, clipping, running updates, diagnostics) and the output take one pass
-each; on small inputs the pure-PyTorch path spends most of its time dispatching a dozen tiny
-per-channel ops, which is what brings those layers to the speed of the native kernel
-(``scripts/bench_norm.py`` shows both paths side by side). The fake (meta) kernels below let the
-ops run on fake tensors (``torch.compile``, ``torch.library.opcheck``).
+(``torch.ops.normlab``): ``<mode>_step``, which returns the output and what its backward needs
+and updates the running buffers, the step counter and the diagnostics record in place (its
+autograd kernel, a ``torch::autograd::Function``, marks the buffers dirty, so their version
+counters move as for an ATen in-place op), and ``<mode>_backward`` (not for ``batch``, whose
+autograd kernel calls ATen's batch-norm backward); and ``fold_diagnostics``, the diagnostics'
+fold (:mod:`normlab.norms.diagnostics`). Statistics, the per-channel algebra (r, d, clipping,
+running updates, diagnostics) and the output take one pass each; on small inputs the
+pure-PyTorch path spends most of its time dispatching a dozen tiny per-channel ops, which is
+what brings those layers to the speed of the native kernel (``scripts/bench_norm.py`` shows both
+paths side by side). Eager steps enter through the extension's Python module (pybind11), which
+converts the arguments faster than a ``torch.ops`` call; under torch.compile the ops are called,
+and the fake (meta) kernels below let them run on fake tensors (``torch.library.opcheck`` too).
 
 The extension is built on first use by torch's C++ extension loader (a C++ compiler and ninja,
 about a minute once; cached under ``TORCH_EXTENSIONS_DIR``, by default
@@ -35,22 +38,23 @@ ENABLED = os.environ.get("NORMLAB_KERNELS", "on").lower() not in ("off", "0", "f
 
 
 def build() -> ModuleType:
-    """Compile (or load the cached build of) the extension and return its operators,
-    ``torch.ops.normlab``; raises if that fails."""
+    """Compile (or load the cached build of) the extension, which registers its operators as
+    ``torch.ops.normlab``, and return its Python module (the eager entry points); raises if
+    that fails."""
     from torch.utils.cpp_extension import load
 
     _put_ninja_on_path()
     suffix, flags = _vector_flags()
-    load(
+    module = load(
         name=f"normlab_fused_norm{suffix}",
         sources=[str(SOURCE)],
         # no errno from sqrt: the per-channel loops vectorize
         extra_cflags=["-O3", "-fno-math-errno", *flags],
-        is_python_module=False,
+        is_python_module=True,
         verbose=False,
     )
     _register_fake_kernels()
-    return torch.ops.normlab
+    return module
 
 
 def _vector_flags() -> tuple[str, list[str]]:
@@ -75,9 +79,8 @@ def _put_ninja_on_path() -> None:
 
 
 @functools.cache
-def extension() -> ModuleType | None:
-    """The extension's operators (``torch.ops.normlab``), or None (with one warning) where it
-    cannot be built."""
+def entries() -> ModuleType | None:
+    """The extension's Python module, or None (with one warning) where it cannot be built."""
     try:
         return build()
     except Exception as error:  # any build failure falls back to the pure-PyTorch layers
@@ -88,6 +91,11 @@ def extension() -> ModuleType | None:
             stacklevel=2,
         )
         return None
+
+
+def extension() -> ModuleType | None:
+    """The extension's operators (``torch.ops.normlab``), or None where it cannot be built."""
+    return None if entries() is None else torch.ops.normlab
 
 
 def available_on(device: torch.device) -> bool:
@@ -110,35 +118,39 @@ def applies(x: Tensor, layer: nn.Module) -> bool:
     )
 
 
-# Each step calls its op's one overload, ``.default``: calling the packet resolves the overload
-# again on every call.
+def _step(name: str, *args: object) -> Tensor:
+    """The output of step op ``name``: through the extension's eager entry point (pybind11
+    converts the arguments in a fraction of the time of a ``torch.ops`` call), or the op itself
+    where torch.compile traces."""
+    if torch.compiler.is_compiling():
+        return getattr(torch.ops.normlab, name).default(*args)[0]
+    return getattr(entries(), name)(*args)
 
 
 def batch_step(layer: nn.Module, x: Tensor) -> Tensor:
     """One training step of a ``BatchNorm`` without ghost batches."""
-    step = extension().batch_step.default
-    return step(*_step_state(layer, x, "running_var"), layer.diagnostics_slot())[0]
+    return _step("batch_step", *_step_state(layer, x, "running_var"), layer.diagnostics_slot())
 
 
 def moving_average_step(layer: nn.Module, x: Tensor) -> Tensor:
     """One training step of a ``MovingAverageNorm`` with ``grad_through_batch=False``."""
-    step = extension().moving_average_step.default
     before = layer.update == "before"
-    return step(*_step_state(layer, x, "running_var"), before, layer.diagnostics_slot())[0]
+    state = _step_state(layer, x, "running_var")
+    return _step("moving_average_step", *state, before, layer.diagnostics_slot())
 
 
 def renorm_step(layer: nn.Module, x: Tensor) -> Tensor:
     """One training step of a ``BatchRenorm``."""
-    step = extension().renorm_step.default
-    rmax, dmax = layer.rmax, layer.dmax
-    return step(*_step_state(layer, x, "running_std"), rmax, dmax, layer.diagnostics_slot())[0]
+    state = _step_state(layer, x, "running_std")
+    return _step("renorm_step", *state, layer.rmax, layer.dmax, layer.diagnostics_slot())
 
 
 def online_step(layer: nn.Module, x: Tensor) -> Tensor:
     """One training step of an ``OnlineNorm``; its backward runs the control process and updates
     ``ctrl_mean``/``ctrl_proj``. ``momentum == 0`` freezes the statistics (``alpha_fwd = 1``)."""
     params, buffers = layer._parameters, layer._buffers
-    return extension().online_step.default(
+    return _step(
+        "online_step",
         x,
         params["weight"],
         params["bias"],
@@ -151,7 +163,20 @@ def online_step(layer: nn.Module, x: Tensor) -> Tensor:
         layer.alpha_bkw,
         layer.eps,
         layer.diagnostics_slot(),
-    )[0]
+    )
+
+
+def folds(records: Tensor) -> bool:
+    """Whether the compiled fold serves these diagnostics records (CPU, float32/64, built)."""
+    return records.is_cpu and records.dtype in DTYPES and extension() is not None
+
+
+def fold_diagnostics(
+    records: Tensor, eps: float, channel_sums: Tensor, scalar_sums: Tensor
+) -> None:
+    """Add the diagnostics of ``records`` (steps, rows, C) into the sums, in one pass
+    (:meth:`normlab.norms.diagnostics.NormDiagnostics.fold` says what they hold)."""
+    torch.ops.normlab.fold_diagnostics.default(records, eps, channel_sums, scalar_sums)
 
 
 def _step_state(layer: nn.Module, x: Tensor, spread: str) -> tuple:
@@ -192,7 +217,7 @@ def _register_fake_kernels() -> None:
 
     @fake("normlab::batch_step")
     def _(x, weight, bias, running_mean, running_var, count, momentum, eps, record):
-        return _fake_step(x, 2)
+        return torch.empty_like(x), weight.new_empty(x.shape[1]), weight.new_empty(x.shape[1])
 
     @fake("normlab::moving_average_step")
     def _(x, weight, bias, running_mean, running_var, count, momentum, eps, before, record):
@@ -208,10 +233,6 @@ def _register_fake_kernels() -> None:
         rows = 2 if x.numel() == x.shape[0] * x.shape[1] else 4
         return torch.empty_like(x), x.new_empty((rows, x.shape[0], x.shape[1]))
 
-    @fake("normlab::batch_backward")
-    def _(grad, x, weight, saved, eps, mask):
-        return _fake_grads(x, weight, mask)
-
     @fake("normlab::moving_average_backward")
     def _(grad, x, weight, saved, mask):
         return _fake_grads(x, weight, mask)
@@ -219,6 +240,10 @@ def _register_fake_kernels() -> None:
     @fake("normlab::renorm_backward")
     def _(grad, x, saved, eps, mask):
         return _fake_grads(x, saved[0], mask)
+
+    @fake("normlab::fold_diagnostics")
+    def _(records, eps, channel_sums, scalar_sums):
+        return None
 
     @fake("normlab::online_backward")
     def _(grad, x, weight, saved, ctrl_mean, ctrl_proj, alpha_bkw, mask):
