@@ -114,7 +114,7 @@ def applies(x: Tensor, layer: nn.Module) -> bool:
         and x.dtype == layer._parameters["weight"].dtype
         and x.is_contiguous()
         and x.numel() > 0
-        and extension() is not None
+        and entries() is not None
     )
 
 

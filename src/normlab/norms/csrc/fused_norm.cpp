@@ -1094,8 +1094,8 @@ auto below_autograd(const c10::TypedOperatorHandle<Signature>& op, Args&&... arg
 // The Function's outputs: the normalized output, the buffers the kernel wrote in place (marked
 // dirty: autograd bumps their version counters, as for an ATen in-place op) and the saved rows,
 // all but the output non-differentiable. Their gradients stay undefined (no zeros made for
-// them in backward). The diagnostics record is written in place too but left out: no graph
-// ever saves it, and each output costs the Function's bookkeeping.
+// them in backward). The step counter and the diagnostics record are written in place too but
+// left out: no graph ever saves them, and each output costs the Function's bookkeeping.
 variable_list step_outputs(AutogradContext* ctx, const Tensor& y, variable_list written,
                            std::initializer_list<Tensor> saved) {
   ctx->mark_dirty(written);
@@ -1138,7 +1138,7 @@ struct BatchFunction : public torch::autograd::Function<BatchFunction> {
                        momentum, eps, record);
     ctx->save_for_backward({x, weight, save_mean, save_invstd});
     ctx->saved_data["eps"] = eps;
-    return step_outputs(ctx, y, {running_mean, running_var, num_batches}, {save_mean, save_invstd});
+    return step_outputs(ctx, y, {running_mean, running_var}, {save_mean, save_invstd});
   }
 
   // ATen's training-mode batch-norm backward, called directly: it is this step's exact
@@ -1176,7 +1176,7 @@ struct RenormFunction : public torch::autograd::Function<RenormFunction> {
                                        running_std, num_batches, momentum, eps, rmax, dmax, record);
     ctx->save_for_backward({x, std::get<1>(out)});
     ctx->saved_data["eps"] = eps;
-    return step_outputs(ctx, std::get<0>(out), {running_mean, running_std, num_batches},
+    return step_outputs(ctx, std::get<0>(out), {running_mean, running_std},
                         {std::get<1>(out)});
   }
 
@@ -1200,7 +1200,7 @@ struct MovingAverageFunction : public torch::autograd::Function<MovingAverageFun
         below_autograd(moving_average_step_op(), x, weight, bias, running_mean, running_var,
                        num_batches, momentum, eps, update_before, record);
     ctx->save_for_backward({x, weight, std::get<1>(out)});
-    return step_outputs(ctx, std::get<0>(out), {running_mean, running_var, num_batches},
+    return step_outputs(ctx, std::get<0>(out), {running_mean, running_var},
                         {std::get<1>(out)});
   }
 
@@ -1233,7 +1233,7 @@ struct OnlineFunction : public torch::autograd::Function<OnlineFunction> {
     ctx->saved_data["ctrl_mean"] = ctrl_mean;
     ctx->saved_data["ctrl_proj"] = ctrl_proj;
     ctx->saved_data["alpha_bkw"] = alpha_bkw;
-    return step_outputs(ctx, std::get<0>(out), {running_mean, running_var, num_batches},
+    return step_outputs(ctx, std::get<0>(out), {running_mean, running_var},
                         {std::get<1>(out)});
   }
 
