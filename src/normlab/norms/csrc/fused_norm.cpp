@@ -1254,7 +1254,7 @@ BatchStepOut batch_step_autograd(const Tensor& x, const Tensor& weight, const Te
                                  Tensor& running_mean, Tensor& running_var, Tensor& num_batches,
                                  double momentum, double eps, const Record& record) {
   return batch_step_result(BatchFunction::apply(x, weight, bias, running_mean, running_var,
-                                          num_batches, momentum, eps, record));
+                                                num_batches, momentum, eps, record));
 }
 
 StepOut renorm_step_autograd(const Tensor& x, const Tensor& weight, const Tensor& bias,
@@ -1387,34 +1387,20 @@ TORCH_LIBRARY_IMPL(normlab, Autograd, m) {
 // dispatcher (its Autograd kernel and all), with pybind11's argument conversion instead of the
 // boxed call of torch.ops.normlab.<op>, which costs about 1.5 us more per call (a twentieth of
 // a whole step at batch size 1). kernels.py uses torch.ops where torch.compile traces.
+template <typename Signature>
+struct EagerEntry;
+
+template <typename Out, typename... Args>
+struct EagerEntry<Out(Args...)> {
+  template <const c10::TypedOperatorHandle<Out(Args...)>& (*kOp)()>
+  static Tensor call(Args... args) {
+    return std::get<0>(kOp().call(args...));
+  }
+};
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("batch_step", [](const Tensor& x, const Tensor& weight, const Tensor& bias,
-                         Tensor running_mean, Tensor running_var, Tensor num_batches,
-                         double momentum, double eps, const Record& record) {
-    return std::get<0>(batch_step_op().call(x, weight, bias, running_mean, running_var,
-                                            num_batches, momentum, eps, record));
-  });
-  m.def("renorm_step", [](const Tensor& x, const Tensor& weight, const Tensor& bias,
-                          Tensor running_mean, Tensor running_std, Tensor num_batches,
-                          double momentum, double eps, double rmax, double dmax,
-                          const Record& record) {
-    return std::get<0>(renorm_step_op().call(x, weight, bias, running_mean, running_std,
-                                             num_batches, momentum, eps, rmax, dmax, record));
-  });
-  m.def("moving_average_step", [](const Tensor& x, const Tensor& weight, const Tensor& bias,
-                                  Tensor running_mean, Tensor running_var, Tensor num_batches,
-                                  double momentum, double eps, bool update_before,
-                                  const Record& record) {
-    return std::get<0>(moving_average_step_op().call(x, weight, bias, running_mean, running_var,
-                                                     num_batches, momentum, eps, update_before,
-                                                     record));
-  });
-  m.def("online_step", [](const Tensor& x, const Tensor& weight, const Tensor& bias,
-                          Tensor running_mean, Tensor running_var, const Tensor& ctrl_mean,
-                          const Tensor& ctrl_proj, Tensor num_batches, double alpha_fwd,
-                          double alpha_bkw, double eps, const Record& record) {
-    return std::get<0>(online_step_op().call(x, weight, bias, running_mean, running_var,
-                                             ctrl_mean, ctrl_proj, num_batches, alpha_fwd,
-                                             alpha_bkw, eps, record));
-  });
+  m.def("batch_step", &EagerEntry<BatchStepSig>::call<batch_step_op>);
+  m.def("renorm_step", &EagerEntry<RenormStepSig>::call<renorm_step_op>);
+  m.def("moving_average_step", &EagerEntry<MovingAverageStepSig>::call<moving_average_step_op>);
+  m.def("online_step", &EagerEntry<OnlineStepSig>::call<online_step_op>);
 }
