@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from normlab.config import validate
+from normlab.config.validation import validate
 from normlab.data import load_dataset
-from normlab.loggers import RunRecord
+from normlab.records import RunRecord
 from normlab.train import CONF_DIR, build_run_model
 from normlab.trainer import Trainer
 

@@ -33,10 +33,11 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from normlab.config import RunConfig, validate
+from normlab.config.schema import RunConfig
+from normlab.config.validation import validate
 from normlab.data import Dataset, load_dataset, make_sampler
-from normlab.loggers import RunRecord
 from normlab.progress import RunProgress
+from normlab.records import RunRecord
 from normlab.train import CONF_DIR, build_run_model, seed_everything
 from normlab.trainer import Trainer
 

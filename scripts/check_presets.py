@@ -24,7 +24,9 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from normlab.config import register_configs, run_id, validate
+from normlab.config.identity import run_id
+from normlab.config.schema import register_configs
+from normlab.config.validation import validate
 from normlab.train import CONF_DIR
 
 

@@ -25,11 +25,13 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from normlab.config import ID_VERSION, RunConfig, record_config, run_id, validate
+from normlab.config.identity import ID_VERSION, record_config, run_id
+from normlab.config.schema import RunConfig
+from normlab.config.validation import validate
 from normlab.files import atomic_write_text
-from normlab.loggers import CONFIG_FILE, SUMMARY_FILE
 from normlab.norms import registry
 from normlab.norms.options import option_names
+from normlab.records import CONFIG_FILE, SUMMARY_FILE
 
 
 def current_config(old: dict[str, Any], total_steps: int | None) -> RunConfig:

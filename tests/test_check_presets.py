@@ -12,7 +12,7 @@ from conftest import REPO
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import check_presets
 
-from normlab.config import register_configs
+from normlab.config.schema import register_configs
 
 RUNS = REPO / "results" / "runs"
 

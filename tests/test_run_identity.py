@@ -10,7 +10,9 @@ import pytest
 import yaml
 from conftest import REPO
 
-from normlab.config import ID_VERSION, OptimConfig, record_config, run_id, validate
+from normlab.config.identity import ID_VERSION, record_config, run_id
+from normlab.config.schema import OptimConfig
+from normlab.config.validation import validate
 from normlab.norms import registry
 from normlab.norms.options import option, positive
 

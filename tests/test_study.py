@@ -11,7 +11,7 @@ import yaml
 from conftest import FAST
 
 from normlab import study
-from normlab.config import validate
+from normlab.config.validation import validate
 
 
 def test_the_best_mean_validation_accuracy_wins_and_a_blow_up_scores_zero(compose_config):

@@ -16,7 +16,7 @@ from conftest import FAST, wandb_processes, wandb_records
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from normlab.config import validate
+from normlab.config.validation import validate
 from normlab.train import CONF_DIR
 
 TINY = ("steps=6", "eval_every=3", "eval.train_subset=64", "data.val_size=64")

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from normlab.config import ConfigError, validate
+from normlab.config.validation import validate
+from normlab.errors import ConfigError
 from normlab.norms import MODES
 
 

@@ -15,8 +15,6 @@ import torch
 
 from normlab.files import atomic_write
 
-CHECKPOINT_FILE = "checkpoint.pt"
-
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda handle: torch.save(state, handle))

@@ -1,173 +1,17 @@
-"""Where a run's measurements go: its own record on disk (always) and optional backends.
-
-The record of a run is one directory: ``config.yaml`` (resolved config), ``metrics.csv`` (one
-row per logged step, appended and flushed as it is produced) and ``summary.json`` (status and
-final numbers, replaced atomically). Backends such as wandb receive the same rows; a backend
-that fails is switched off with one message and the record notes it, the run goes on.
+"""Backends that mirror a run's record (:mod:`normlab.records`): wandb. They receive the same
+rows as ``metrics.csv``; a backend that fails is switched off with one message and the record
+notes it, the run goes on.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import logging
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from normlab.config import config_node, record_config
-from normlab.files import atomic_write_text
-
-log = logging.getLogger(__name__)
-
-CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.yaml", "metrics.csv", "summary.json"
-TRACE_FILE = "trace.csv"  # per-step rows of runs with trace.steps > 0
-
-
-class Backend(Protocol):
-    """What the trainer calls; every method may raise, the fan-out contains it."""
-
-    name: str
-
-    def log(self, row: Mapping[str, Any], step: int) -> None: ...
-
-    def finish(self, summary: Mapping[str, Any], figures: list[Path]) -> None: ...
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float) and math.isnan(value):
-        return "nan"
-    return str(value)
-
-
-class MetricsCSV:
-    """``metrics.csv``: the header grows (by an atomic rewrite) when a row brings new columns."""
-
-    def __init__(self, path: Path, keep_until_step: int | None = None) -> None:
-        self.path = path
-        self.columns: list[str] = []
-        self.rows_written = 0
-        if path.exists():
-            self._reopen(keep_until_step)
-
-    def _reopen(self, keep_until_step: int | None) -> None:
-        with self.path.open(newline="") as handle:
-            reader = csv.DictReader(handle)
-            self.columns = list(reader.fieldnames or [])
-            rows = [
-                r
-                for r in reader
-                if keep_until_step is not None
-                and r.get("step")
-                and int(float(r["step"])) <= keep_until_step
-            ]
-        self._rewrite(rows)
-
-    def _rewrite(self, rows: list[Mapping[str, Any]]) -> None:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, self.columns, lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: row.get(c, "") for c in self.columns})
-        atomic_write_text(self.path, buffer.getvalue())
-        self.rows_written = len(rows)
-
-    def append(self, row: Mapping[str, Any]) -> None:
-        new = [k for k in row if k not in self.columns]
-        if new or not self.path.exists():
-            old_rows = self.read_rows() if self.path.exists() else []
-            self.columns += new
-            self._rewrite(old_rows)
-        with self.path.open("a", newline="") as handle:
-            csv.writer(handle, lineterminator="\n").writerow(
-                [_cell(row.get(c)) for c in self.columns]
-            )
-            handle.flush()
-            os.fsync(handle.fileno())
-        self.rows_written += 1
-
-    def read_rows(self) -> list[dict[str, str]]:
-        with self.path.open(newline="") as handle:
-            return list(csv.DictReader(handle))
-
-
-class RunRecord:
-    """The run's directory and its three files, plus the backends that mirror the metrics."""
-
-    def __init__(self, run_dir: Path, backends: list[Backend] | None = None) -> None:
-        self.run_dir = run_dir
-        self.backends = list(backends or [])
-        self.backend_errors: dict[str, str] = {}
-        self.metrics: MetricsCSV | None = None
-
-    def open(self, config_yaml: str, keep_until_step: int | None = None) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / CONFIG_FILE, config_yaml)
-        self.metrics = MetricsCSV(self.run_dir / METRICS_FILE, keep_until_step)
-
-    def add_backend(self, backend: Backend) -> None:
-        self.backends.append(backend)
-
-    def log(self, row: Mapping[str, Any], step: int) -> None:
-        self.metrics.append({"step": step, **row})
-        self._fan_out("log", row, step)
-
-    def write_summary(self, summary: Mapping[str, Any]) -> None:
-        summary = {**summary, "backend_errors": dict(self.backend_errors)}
-        text = json.dumps(_json_safe(summary), indent=2, sort_keys=True) + "\n"
-        atomic_write_text(self.run_dir / SUMMARY_FILE, text)
-
-    def write_trace(self, rows: list[Mapping[str, Any]]) -> None:
-        """``trace.csv``, written once when the run ends (nothing when there are no rows)."""
-        if not rows:
-            return
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
-        atomic_write_text(self.run_dir / TRACE_FILE, buffer.getvalue())
-
-    def finish(self, summary: Mapping[str, Any], figures: list[Path] | None = None) -> None:
-        self._fan_out("finish", summary, figures or [])
-        self.write_summary(summary)
-
-    def backend_failed(self, name: str, error: BaseException) -> None:
-        message = f"{type(error).__name__}: {error}"
-        log.error("logger backend %s failed and is switched off for this run: %s", name, message)
-        self.backend_errors[name] = message
-
-    def _fan_out(self, method: str, *args: Any) -> None:
-        for backend in list(self.backends):
-            try:
-                getattr(backend, method)(*args)
-            except Exception as error:  # a dashboard must never cost the measurement
-                self.backends.remove(backend)
-                self.backend_failed(backend.name, error)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / SUMMARY_FILE
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+from normlab.config.identity import record_config
+from normlab.config.schema import config_node
 
 
 class WandbBackend:

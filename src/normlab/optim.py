@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from normlab.config import RunConfig
+from normlab.config.schema import RunConfig
 
 
 def scaled_lr(run: RunConfig) -> float:

@@ -1,36 +1,31 @@
 """Read run records under ``results/`` into pandas, without wandb and without retraining.
 
-A run record is a directory holding ``config.yaml``, ``metrics.csv`` and ``summary.json`` (see
-:mod:`normlab.loggers`), and ``trace.csv`` for runs that traced their first and last steps. Runs
-whose summary never reached a final status (killed, or still running elsewhere) are kept with
-``status = "incomplete"`` and a warning, so a sweep in progress or a crashed job is visible
-rather than silently missing.
-
-Records written before the trainer recorded ``norm_label`` and ``statistics_batch_size`` get
-them from the normalization registry, from the options their ``config.yaml`` holds
-(:func:`legacy_fields`), so old and new records are drawn alike.
+What a record holds is :mod:`normlab.records`. Runs whose summary never reached a final status
+(killed, or still running elsewhere) are kept with ``status = "incomplete"`` and a warning, so a
+sweep in progress or a crashed job is visible rather than silently missing. Imports neither
+torch nor Hydra.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
-from normlab.errors import ConfigError
 from normlab.files import RunLock
-from normlab.loggers import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
-
-FINAL_STATUSES = ("completed", "diverged", "interrupted", "failed")
-TRACE_FILE = "trace.csv"
-# Old records stopped a run at a parameter-norm limit with this signal; it is growth, not blow-up.
-LEGACY_GROWTH_SIGNAL = "param_norm"
+from normlab.records import (
+    FINAL_STATUSES,
+    METRICS_FILE,
+    RUN_COLUMNS,
+    SUMMARY_FILE,
+    TRACE_FILE,
+    flatten,
+    read_config,
+    read_summary,
+)
 
 
 def find_runs(*roots: str | Path) -> list[Path]:
@@ -44,33 +39,6 @@ def find_runs(*roots: str | Path) -> list[Path]:
             found.update(p.parent for p in root.rglob(name) if "wandb" not in p.parts)
     return sorted(found)
 
-
-def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{name}."))
-        elif isinstance(value, list):
-            out[name] = json.dumps(value)
-        else:
-            out[name] = value
-    return out
-
-
-def read_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / CONFIG_FILE
-    if not path.exists():
-        return {}
-    return flatten(yaml.safe_load(path.read_text()) or {})
-
-
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / SUMMARY_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 def run_status(run_dir: Path, summary: Mapping[str, Any]) -> str:
@@ -87,7 +55,7 @@ def run_status(run_dir: Path, summary: Mapping[str, Any]) -> str:
 
 def _run_row(run_dir: Path) -> dict[str, Any]:
     summary = read_summary(run_dir)
-    row: dict[str, Any] = {f"config.{k}": v for k, v in read_config(run_dir).items()}
+    row: dict[str, Any] = {f"config.{k}": v for k, v in flatten(read_config(run_dir)).items()}
     row.update({k: v for k, v in summary.items() if not isinstance(v, Mapping)})
     for group in ("final", "best"):
         row.update(summary.get(group, {}))
@@ -114,45 +82,15 @@ def load_runs(*roots: str | Path) -> pd.DataFrame:
 
 
 def legacy_fields(row: dict[str, Any]) -> dict[str, Any]:
-    """``row`` with the fields older records lack: ``norm_label`` and ``statistics_batch_size``
-    as the registry records them for the mode and options in ``config.yaml`` (the mode's name
-    and the batch size where it cannot tell), and ``param_norm_growth_step`` of a run stopped
-    at the old parameter-norm limit."""
-    if row.get("divergence_signal") == LEGACY_GROWTH_SIGNAL and "param_norm_growth_step" not in row:
-        row["param_norm_growth_step"] = row.get("divergence_step")
-    if "norm_label" in row and "statistics_batch_size" in row:
-        return row
+    """``row`` with ``norm_label`` and ``statistics_batch_size`` where its record lacks them (a
+    mode from outside recorded before they were): the mode's name and the batch size.
+    ``scripts/migrate_records.py`` gives older built-in records what the registry says."""
     mode, batch_size = row.get("config.norm.mode"), row.get("config.batch_size")
-    if mode is None or batch_size is None:
-        return row
-    recorded = _registry_record(row, str(mode), int(batch_size))
-    for key, value in recorded.items():
-        row.setdefault(key, value)
+    if mode is not None:
+        row.setdefault("norm_label", mode)
+    if batch_size is not None:
+        row.setdefault("statistics_batch_size", batch_size)
     return row
-
-
-def _registry_record(row: Mapping[str, Any], mode: str, batch_size: int) -> dict[str, Any]:
-    fallback = {"norm_label": mode, "statistics_batch_size": batch_size}
-    if "config.norm._target_" in row:
-        return fallback
-    from normlab.norms import registry  # registers the built-in modes
-
-    if mode not in registry.names():
-        return fallback
-    spec = registry.get(mode)
-    names = {f.name for f in dataclasses.fields(spec.options)}
-    # old records hold every option of every mode: keep this mode's own
-    values = {k: row[f"config.norm.{k}"] for k in names if f"config.norm.{k}" in row}
-    values = {k: v for k, v in values.items() if not _is_nan(v)}
-    try:
-        choice = registry.choose({"mode": mode, **values})
-    except (ConfigError, TypeError, ValueError):
-        return fallback
-    return {**fallback, **choice.record(batch_size)}
-
-
-def _is_nan(value: Any) -> bool:
-    return isinstance(value, float) and value != value
 
 
 def load_traces(runs: pd.DataFrame) -> pd.DataFrame:
@@ -181,16 +119,13 @@ def _warn_incomplete(frame: pd.DataFrame) -> None:
         )
 
 
-ID_COLUMNS = ("run_id", "sweep", "status", "config.norm.mode", "config.batch_size", "config.seed")
-
-
 def load_metrics(
     *roots: str | Path, runs: pd.DataFrame | None = None, config_keys: Iterable[str] = ()
 ) -> pd.DataFrame:
     """All logged rows of all runs, tidy: one row per (run, step), with the run's id columns
     and any extra ``config.*`` columns asked for."""
     runs = load_runs(*roots) if runs is None else runs
-    keys = [c for c in (*ID_COLUMNS, *config_keys) if c in runs.columns]
+    keys = [c for c in (*RUN_COLUMNS, *config_keys) if c in runs.columns]
     frames = []
     for _, run in runs.iterrows():
         path = Path(run["run_dir"]) / METRICS_FILE

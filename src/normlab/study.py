@@ -33,27 +33,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from normlab.config.identity import cell_id, from_record
 from normlab.files import atomic_write_text
-
-CHOICE_FILE = "lr_choice.json"
-# what a cell's runs differ in besides what the cell is: the seed, the factor being chosen and
-# where it is evaluated
-NOT_CELL_KEYS = ("seed", "optim.lr_factor", "optim.lr_choice", "data.eval_split")
-
-
-def cell_id(run: Any) -> str:
-    """The cell a run belongs to: what it trains (:func:`normlab.config.training_digest`) less
-    :data:`NOT_CELL_KEYS`. A selection run and a final run of the same cell share it."""
-    from normlab.config import training_digest
-
-    return training_digest(run, NOT_CELL_KEYS, named=True)[:12]
+from normlab.records import CHOICE_FILE, CONFIG_FILE, read_config
+from normlab.results import load_runs
 
 
 def choose(select_runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per cell: the chosen factor and every factor's mean score over its selection seeds.
 
-    ``select_runs``: dicts with ``run`` (its :class:`~normlab.config.RunConfig`), ``status`` and
-    ``accuracy`` (final validation accuracy)."""
+    ``select_runs``: dicts with ``run`` (its :class:`~normlab.config.schema.RunConfig`),
+    ``status`` and ``accuracy`` (final validation accuracy)."""
     scores: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     labels: dict[str, str] = {}
     for run in select_runs:
@@ -81,16 +71,10 @@ def choose(select_runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]
 
 def read_select_runs(sweep_dir: Path) -> list[dict[str, Any]]:
     """The selection sweep's runs: their configs, statuses and final validation accuracies."""
-    import yaml
-
-    from normlab.config import from_record
-    from normlab.loggers import CONFIG_FILE
-    from normlab.results import load_runs
-
     runs = load_runs(sweep_dir)
     out = []
     for _, row in runs.iterrows():
-        config = yaml.safe_load((Path(row["run_dir"]) / CONFIG_FILE).read_text())
+        config = read_config(Path(row["run_dir"]))
         accuracy = row.get("val_acc_eval")
         finite = accuracy is not None and accuracy == accuracy
         out.append(
@@ -115,14 +99,9 @@ def move_superseded(final_dir: Path, choice: dict[str, dict[str, Any]]) -> list[
     into ``<final_dir>_superseded``; return where they went."""
     import shutil
 
-    import yaml
-
-    from normlab.config import from_record
-    from normlab.loggers import CONFIG_FILE
-
     moved = []
     for config in sorted(final_dir.glob(f"*/{CONFIG_FILE}")) if final_dir.exists() else []:
-        run = from_record(yaml.safe_load(config.read_text()))
+        run = from_record(read_config(config.parent))
         chosen = choice.get(cell_id(run), {}).get("lr_factor")
         if chosen is not None and run.optim.lr_factor != chosen:
             target = final_dir.with_name(f"{final_dir.name}_superseded") / config.parent.name
@@ -131,12 +110,6 @@ def move_superseded(final_dir: Path, choice: dict[str, dict[str, Any]]) -> list[
             shutil.move(str(config.parent), str(target))
             moved.append(target)
     return moved
-
-
-def lookup(path: str | Path, run: Any) -> float:
-    """The factor chosen for ``run``'s cell; KeyError if the file has none."""
-    choice = json.loads(Path(path).read_text())
-    return float(choice[cell_id(run)]["lr_factor"])
 
 
 def _describe(run: Any) -> str:
@@ -156,7 +129,7 @@ def _study_node(preset: str, overrides: Sequence[str]) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from normlab.config import register_configs
+    from normlab.config.schema import register_configs
     from normlab.train import CONF_DIR
 
     register_configs()

@@ -27,25 +27,18 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from normlab.checkpoint import CHECKPOINT_FILE
-from normlab.config import (
-    ConfigError,
-    RunConfig,
-    build_checked_model,
-    record_config,
-    register_configs,
-    run_id,
-    validate,
-)
+from normlab.config.identity import record_config, run_directory
+from normlab.config.schema import RunConfig, register_configs
+from normlab.config.validation import build_checked_model, validate
 from normlab.data import DataError, Dataset, hold_out_validation, load_dataset
+from normlab.errors import ConfigError
 from normlab.files import RunLock
-from normlab.loggers import METRICS_FILE, RunRecord, read_summary
 from normlab.norms import kernels
 from normlab.progress import finished_line
+from normlab.records import CHECKPOINT_FILE, FINISHED, METRICS_FILE, RunRecord, read_summary
 from normlab.trainer import Trainer, total_steps
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-FINISHED = ("completed", "diverged")
 register_configs()
 
 
@@ -82,7 +75,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         config = validate(cfg)
     except ConfigError as error:
         raise InputError(str(error)) from None
-    run_dir = _run_dir(config)
+    run_dir = run_directory(config)
     finished = _finished(run_dir, config)
     if finished is not None:
         return finished
@@ -108,11 +101,7 @@ def finished_run(cfg: DictConfig) -> dict[str, Any] | None:
         config = validate(cfg)
     except ConfigError:
         return None
-    return _finished(_run_dir(config), config)
-
-
-def _run_dir(config: RunConfig) -> Path:
-    return Path(config.paths.runs) / config.sweep / run_id(config)
+    return _finished(run_directory(config), config)
 
 
 def _finished(run_dir: Path, config: RunConfig) -> dict[str, Any] | None:

@@ -1,0 +1,217 @@
+"""The run's config schema: one typed dataclass per config group, registered in Hydra's
+ConfigStore so that a wrong type or an unknown key fails while Hydra composes the config.
+
+The ``norm`` node is the exception: its keys are those of the chosen mode, checked against that
+mode's options (:mod:`normlab.norms.registry`), whose schema is stored as ``schema/norm/NAME``.
+Ranges and combinations are checked by :mod:`normlab.config.validation`; what a run's record and
+id hold is :mod:`normlab.config.identity`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from normlab.norms import registry
+
+OPTIMIZERS = ("sgd", "adamw")
+LR_SCHEDULES = ("constant", "cosine", "step")
+LR_SCALING = ("none", "linear", "sqrt")
+DEVICES = ("auto", "cpu", "cuda")
+PROGRESS = ("auto", "on", "off")
+PRECISIONS = ("float32", "bfloat16")
+EVAL_SPLITS = ("test", "validation")
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+@dataclass
+class ScheduleConfig:
+    """A value over training steps; see :mod:`normlab.schedules` for the kinds."""
+
+    kind: str = "constant"
+    value: float | None = None
+    start: float | None = None
+    end: float | None = None
+    begin: float = 0.0
+    finish: float = 1.0
+    unit: str = "fraction"
+    knots: list[list[float]] | None = None
+    floor: float = 0.0
+    convention: str = "momentum"
+
+
+@dataclass
+class RenormConfig:
+    rmax: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(value=3.0))
+    dmax: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(value=5.0))
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist1d"
+    root: str | None = None
+    download: bool = False
+    sampler: str = "iid"
+    classes_per_batch: int = 2
+    drop_last: bool = True
+    train_size: int | None = None
+    val_size: int | None = None
+    # test: evaluate on the held-out test split (what studies report); validation: carve
+    # validation_fraction of the training examples out (a fixed split) and evaluate on those,
+    # for choosing hyperparameters without looking at the test set
+    eval_split: str = "test"
+    validation_fraction: float = 0.125
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cnn1d"
+    depth: int | None = None
+    width: int | None = None
+    bias_before_norm: bool = False
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    warmup: float = 0.0
+    schedule: str = "cosine"
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    gamma: float = 0.1
+    lr_scaling: str = "none"
+    base_batch_size: int = 32
+    grad_clip: float | None = None
+    # times the scaled rate: the grid a study chooses from on a validation split
+    lr_factor: float = 1.0
+    # a study's lr_choice.json: the run takes the factor chosen for its cell (normlab.study)
+    lr_choice: str | None = None
+
+
+@dataclass
+class StudyConfig:
+    """What ``normlab-study`` runs for a preset (see :mod:`normlab.study`)."""
+
+    lr_factors: list[float] = field(default_factory=lambda: [1.0])
+    select_seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] = field(default_factory=lambda: [0])
+
+
+@dataclass
+class EvalConfig:
+    train_subset: int = 1000
+    eval_batch_size: int = 1000
+    precise_bn: bool = False
+    precise_batches: int = 50
+    # instead of precise_batches: enough batches of the run's size for this many examples
+    precise_examples: int | None = None
+    precise_last_only: bool = False  # recompute only at the run's last row (its cost once)
+
+
+@dataclass
+class TraceConfig:
+    # > 0: keep per-step loss, parameter norm, pre-norm bias norm and mean for the first and the
+    # last `steps` steps on the device, written to trace.csv when the run ends
+    steps: int = 0
+
+
+@dataclass
+class DivergenceConfig:
+    loss_factor: float = 10.0
+    param_norm_factor: float = 100.0
+    activation_bound: float = 1e4
+    check_every: int = 10
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = False
+    project: str = "normlab"
+    entity: str | None = None
+    mode: str = "offline"
+    log_figures: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class PathsConfig:
+    results: str = "results"
+    runs: str = "${paths.results}/runs"
+    logs: str = "${paths.results}/logs"
+    wandb: str = "${paths.results}"
+    cache: str = ".cache/normlab"
+    data: str = "data"
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 1
+    keep_final: bool = False
+
+
+@dataclass
+class RunConfig:
+    # the chosen mode's own keys (conf/norm/NAME.yaml); a NormChoice once validated
+    norm: Any = MISSING
+    momentum: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(value=0.1))
+    renorm: RenormConfig = field(default_factory=RenormConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
+    trace: TraceConfig = field(default_factory=TraceConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    batch_size: int = 32
+    seed: int = 0
+    steps: int | None = 1000
+    epochs: float | None = None
+    eval_every: int = 100
+    num_evals: int | None = None
+    device: str = "auto"
+    precision: str = "float32"  # bfloat16: autocast; norm statistics stay in float32
+    threads: int = 0
+    deterministic: bool = True
+    progress: str = "auto"
+    resume: bool = True
+    overwrite: bool = False
+    sweep: str = MISSING
+    tags: list[str] = field(default_factory=list)
+
+
+def register_configs() -> None:
+    """The run schema, and each registered mode's option schema as ``schema/norm/NAME``, which
+    ``conf/norm/NAME.yaml`` extends."""
+    from hydra_plugins.normlab_launcher import normlab_launcher
+
+    store = ConfigStore.instance()
+    store.store(name="normlab_schema", node=RunConfig)
+    normlab_launcher.register()
+    for name in registry.names():
+        store.store(group="schema/norm", name=name, node=registry.get(name).schema())
+
+
+def config_node(run: RunConfig, path: str) -> Any:
+    """The config node at a dotted ``path`` (``renorm.rmax``)."""
+    node: Any = run
+    for part in path.split("."):
+        node = node[part] if isinstance(node, Mapping) else getattr(node, part)
+    return node
+
+
+def schedule_kwargs(sched: ScheduleConfig) -> dict[str, Any]:
+    return {k: v for k, v in vars(sched).items() if v is not None}
