@@ -157,10 +157,8 @@ def config(mode, batch_size, seed, kind, extra):
     if mode in RUNNING_STATS:
         node["momentum"] = momentum
     if mode == "renorm":
-        node["renorm"] = {
-            "rmax": {"kind": "piecewise", "knots": [[0.0, 1.0], [1.0, 3.0]]},
-            "dmax": {"kind": "piecewise", "knots": [[0.0, 0.0], [1.0, 5.0]]},
-        }
+        node["norm"]["rmax"] = {"kind": "piecewise", "knots": [[0.0, 1.0], [1.0, 3.0]]}
+        node["norm"]["dmax"] = {"kind": "piecewise", "knots": [[0.0, 0.0], [1.0, 5.0]]}
     return node
 
 

@@ -20,18 +20,17 @@ from normlab.norms.options import option, positive
 def test_a_batch_run_records_only_its_own_options(compose_config):
     config = record_config(validate(compose_config("norm=batch")))
     assert config["norm"] == {"mode": "batch", "eps": 1e-5, "virtual_batch_size": None}
-    assert "renorm" not in config, "rmax/dmax schedules belong to renorm"
+    assert set(config["norm"]) == {"mode", "eps", "virtual_batch_size"}, "rmax/dmax are renorm's"
     assert config["momentum"]["kind"] == "constant"
 
 
 def test_renorm_records_its_schedules_and_baselines_no_momentum(compose_config):
     renorm = record_config(validate(compose_config("norm=renorm")))
-    assert set(renorm["renorm"]) == {"rmax", "dmax"} and renorm["norm"] == {
-        "mode": "renorm",
-        "eps": 1e-5,
-    }
+    assert set(renorm["norm"]) == {"mode", "eps", "rmax", "dmax"}
+    assert renorm["norm"]["rmax"]["knots"] == [[0.0333, 1.0], [0.2667, 3.0]], "the paper's"
+    assert renorm["norm"]["dmax"]["knots"] == [[0.0333, 0.0], [0.1667, 5.0]]
     group = record_config(validate(compose_config("norm=group")))
-    assert "momentum" not in group and "renorm" not in group
+    assert "momentum" not in group
     assert group["norm"] == {"mode": "group", "eps": 1e-5, "groups": 8}
 
 
@@ -40,10 +39,8 @@ def test_the_id_is_readable_and_carries_its_version(compose_config):
     assert run_id(run).startswith(f"renorm-bs4-s3-v{ID_VERSION}-")
     other = validate(compose_config("norm=renorm", "batch_size=4", "seed=3", "norm.eps=1e-3"))
     assert run_id(other) != run_id(run)
-    unused = validate(compose_config("norm=batch", "renorm=fixed"))
-    assert run_id(unused) == run_id(validate(compose_config("norm=batch"))), (
-        "another mode's schedules are not part of a batch run"
-    )
+    fixed = validate(compose_config("norm=renorm", "batch_size=4", "seed=3", "norm.rmax.value=3"))
+    assert run_id(fixed) != run_id(run), "a mode's own schedules are part of its runs' ids"
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,11 @@ def test_every_mode_runs_at_every_batch_size(cli, mode):
             "momentum",
             "outside the run",
         ),
-        (["norm=renorm", "renorm=fixed", "renorm.rmax.value=0.5"], "renorm.rmax", "outside"),
+        (
+            ["norm=renorm", "norm.rmax.kind=constant", "norm.rmax.value=0.5"],
+            "norm.rmax",
+            "outside",
+        ),
         (
             ["norm=moving_average", "norm.update=after", "norm.grad_through_batch=true"],
             "norm.grad_through_batch",

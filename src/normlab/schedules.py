@@ -16,10 +16,33 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 KINDS = ("constant", "linear", "cosine", "cumulative", "piecewise")
 UNITS = ("steps", "fraction")
 CONVENTIONS = ("momentum", "decay")
+
+
+@dataclass
+class ScheduleConfig:
+    """A schedule as a config node holds it: ``kind`` and the fields that kind reads. The
+    ``momentum`` node and a mode's scheduled options (renorm's ``norm.rmax``) are of this type."""
+
+    kind: str = "constant"
+    value: float | None = None
+    start: float | None = None
+    end: float | None = None
+    begin: float = 0.0
+    finish: float = 1.0
+    unit: str = "fraction"
+    knots: list[list[float]] | None = None
+    floor: float = 0.0
+    convention: str = "momentum"
+
+
+def schedule_kwargs(sched: ScheduleConfig) -> dict[str, Any]:
+    """The fields :func:`build_schedule` takes: those set."""
+    return {k: v for k, v in vars(sched).items() if v is not None}
 
 
 def _resolve(at: float, unit: str, total_steps: int) -> float:

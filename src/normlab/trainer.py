@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normlab.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from normlab.config.schema import RunConfig, config_node, schedule_kwargs
+from normlab.config.schema import RunConfig, config_node
 from normlab.data import Dataset, make_sampler
 from normlab.evaluation import Evaluator
 from normlab.metrics import Divergence, DivergenceDetector, Trace, Window, total_norm
@@ -36,7 +36,7 @@ from normlab.norms import norm_layers
 from normlab.optim import build_optimizer, lr_factor, scaled_lr
 from normlab.progress import RunProgress
 from normlab.records import RunRecord
-from normlab.schedules import Schedule, build_schedule
+from normlab.schedules import Schedule, build_schedule, schedule_kwargs
 from normlab.signals import SignalGuard
 
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")

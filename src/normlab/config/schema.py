@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from normlab.norms import registry
+from normlab.schedules import ScheduleConfig
 
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "step")
@@ -26,28 +27,6 @@ PROGRESS = ("auto", "on", "off")
 PRECISIONS = ("float32", "bfloat16")
 EVAL_SPLITS = ("test", "validation")
 WANDB_MODES = ("offline", "online", "disabled")
-
-
-@dataclass
-class ScheduleConfig:
-    """A value over training steps; see :mod:`normlab.schedules` for the kinds."""
-
-    kind: str = "constant"
-    value: float | None = None
-    start: float | None = None
-    end: float | None = None
-    begin: float = 0.0
-    finish: float = 1.0
-    unit: str = "fraction"
-    knots: list[list[float]] | None = None
-    floor: float = 0.0
-    convention: str = "momentum"
-
-
-@dataclass
-class RenormConfig:
-    rmax: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(value=3.0))
-    dmax: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(value=5.0))
 
 
 @dataclass
@@ -165,7 +144,6 @@ class RunConfig:
     # the chosen mode's own keys (conf/norm/NAME.yaml); a NormChoice once validated
     norm: Any = MISSING
     momentum: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(value=0.1))
-    renorm: RenormConfig = field(default_factory=RenormConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -206,12 +184,10 @@ def register_configs() -> None:
 
 
 def config_node(run: RunConfig, path: str) -> Any:
-    """The config node at a dotted ``path`` (``renorm.rmax``)."""
+    """The config node at a dotted ``path``: ``momentum``, or a mode's own ``norm.rmax``."""
     node: Any = run
     for part in path.split("."):
+        if isinstance(node, registry.NormChoice):
+            node = node.options
         node = node[part] if isinstance(node, Mapping) else getattr(node, part)
     return node
-
-
-def schedule_kwargs(sched: ScheduleConfig) -> dict[str, Any]:
-    return {k: v for k, v in vars(sched).items() if v is not None}

@@ -26,16 +26,22 @@ from normlab.config.schema import (
     WANDB_MODES,
     OptimConfig,
     RunConfig,
-    ScheduleConfig,
     config_node,
-    schedule_kwargs,
 )
 from normlab.data import DATASETS, INPUT_SHAPES, NUM_CLASSES, SAMPLERS
 from normlab.errors import ConfigError, Shown
 from normlab.models import MODELS, build_model
 from normlab.norms import registry
 from normlab.norms.options import RunFacts
-from normlab.schedules import CONVENTIONS, KINDS, UNITS, build_schedule, check_schedule
+from normlab.schedules import (
+    CONVENTIONS,
+    KINDS,
+    UNITS,
+    ScheduleConfig,
+    build_schedule,
+    check_schedule,
+    schedule_kwargs,
+)
 
 
 def _one_of(key: str, value: object, allowed: tuple[str, ...]) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from normlab.errors import ConfigError
+from normlab.schedules import ScheduleConfig
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,19 @@ class Allowed:
 def option(default: Any, allowed: Allowed | None = None) -> Any:
     """A dataclass field with its default and the values it accepts."""
     return field(default=default, metadata={"allowed": allowed})
+
+
+def scheduled(**default: Any) -> Any:
+    """A field holding the schedule of a layer attribute the trainer sets per step (renorm's
+    ``rmax``): a :class:`~normlab.schedules.ScheduleConfig`, ``default`` its fields. The layer
+    class names the attribute in its ``schedules`` with the node ``norm.<field>``."""
+    return field(default_factory=lambda: ScheduleConfig(**default), metadata={"allowed": None})
+
+
+def schedule_fields(cls: type) -> tuple[str, ...]:
+    """The options of ``cls`` that are schedules, not constructor arguments."""
+    hints = typing.get_type_hints(cls)
+    return tuple(f.name for f in dataclasses.fields(cls) if hints[f.name] is ScheduleConfig)
 
 
 positive = Allowed("a number > 0", lambda v: v > 0)
@@ -78,9 +92,15 @@ def config_schema(mode: str, cls: type) -> type:
     overridden on the command line."""
     hints = typing.get_type_hints(cls)
     specs = [("mode", str, field(default=mode))]
-    specs += [(f.name, hints[f.name], field(default=f.default)) for f in dataclasses.fields(cls)]
+    specs += [(f.name, hints[f.name], _schema_field(f)) for f in dataclasses.fields(cls)]
     name = "".join(part.title() for part in mode.split("_")) + "NormConfig"
     return dataclasses.make_dataclass(name, specs)
+
+
+def _schema_field(spec: dataclasses.Field) -> Any:
+    if spec.default_factory is not dataclasses.MISSING:
+        return field(default_factory=spec.default_factory)
+    return field(default=spec.default)
 
 
 def parse(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
@@ -98,7 +118,7 @@ def parse(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
             continue
         value = _converted(hints[spec.name], values[spec.name])
         allowed = spec.metadata.get("allowed")
-        if value is _BAD or (allowed is not None and not _passes(allowed, value)):
+        if value is BAD or (allowed is not None and not _passes(allowed, value)):
             text = allowed.text if allowed is not None else _type_text(hints[spec.name])
             raise ConfigError(f"{prefix}.{spec.name}", values[spec.name], text)
         kwargs[spec.name] = value
@@ -116,27 +136,42 @@ def check(options: Any, facts: RunFacts, prefix: str) -> None:
         raise ConfigError(f"{prefix}.{error.key}", error.value, error.allowed) from None
 
 
-_BAD = object()
+BAD = object()
 
 
 def _converted(hint: Any, value: Any) -> Any:
     """``value`` as type ``hint`` (``float``, ``int``, ``bool``, ``str`` or ``X | None``), or
-    :data:`_BAD`. Integers pass as floats; booleans pass only as booleans."""
+    :data:`BAD`. Integers pass as floats; booleans pass only as booleans."""
     if _is_optional(hint):
         if value is None:
             return None
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     if hint is bool:
-        return value if isinstance(value, bool) else _BAD
+        return value if isinstance(value, bool) else BAD
     if isinstance(value, bool):
-        return _BAD
+        return BAD
     if hint is float and isinstance(value, int | float):
         return float(value)
     if hint is int and isinstance(value, int):
         return value
     if hint is str and isinstance(value, str):
         return value
-    return _BAD
+    if hint is ScheduleConfig:
+        return as_schedule(value)
+    return BAD
+
+
+def as_schedule(value: Any) -> Any:
+    """A schedule node (a mapping of :class:`~normlab.schedules.ScheduleConfig`'s fields) as
+    one, or :data:`BAD`."""
+    if isinstance(value, ScheduleConfig):
+        return value
+    if not isinstance(value, Mapping):
+        return BAD
+    try:
+        return ScheduleConfig(**dict(value))
+    except TypeError:
+        return BAD
 
 
 def _passes(allowed: Allowed, value: Any) -> bool:
@@ -156,6 +191,6 @@ def _type_text(hint: Any) -> str:
     if _is_optional(hint):
         inner = next(a for a in typing.get_args(hint) if a is not type(None))
         return f"null or {_type_text(inner)}"
-    return {bool: "true or false", float: "a number", int: "an integer", str: "a string"}.get(
-        hint, str(hint)
-    )
+    texts = {bool: "true or false", float: "a number", int: "an integer", str: "a string"}
+    texts[ScheduleConfig] = "a schedule (kind, value, start, end, ... of normlab.schedules)"
+    return texts.get(hint, str(hint))

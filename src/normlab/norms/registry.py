@@ -5,8 +5,11 @@ A :class:`Mode` is everything about one mode that the rest of normlab derives fr
 class, its options (a dataclass, see :mod:`normlab.norms.options`), how its runs are drawn
 (:class:`Style`), its extra wandb tags and the fields it adds to a run's record. Which layer
 attributes follow schedules, and from which config node, is the layer class's own
-``schedules`` (:class:`~normlab.norms.base.Scheduled`). The mode list, the config checks, the
-trainer's schedules, the figures' palette and the tags all come from here.
+``schedules`` (:class:`~normlab.norms.base.Scheduled`): ``momentum`` from the run's
+``momentum`` node, a mode's own (renorm's ``rmax``) from its option of that name
+(:func:`~normlab.norms.options.scheduled`), which a mode from outside gives in its YAML. The
+mode list, the config checks, the trainer's schedules, the figures' palette and the tags all
+come from here.
 
 A run's norm config node becomes a :class:`NormChoice` through :func:`choose`: either
 ``mode: NAME`` of a registered mode with its options, or ``_target_: package.module.Class``
@@ -136,10 +139,17 @@ class NormChoice:
             return dict(self.layer_class.schedules)
         return {}
 
-    def keywords(self) -> dict[str, Any]:
+    def options_dict(self) -> dict[str, Any]:
+        """Every option, schedules included, as the config node holds them."""
         if self.target:
             return dict(self.options)
         return {f.name: getattr(self.options, f.name) for f in dataclasses.fields(self.options)}
+
+    def keywords(self) -> dict[str, Any]:
+        """The constructor's keywords: the options less the mode's own schedules, which the
+        trainer sets per step."""
+        own = own_schedules(self.layer_class)
+        return {k: v for k, v in self.options_dict().items() if k not in own}
 
     def build(self, num_features: int) -> nn.Module:
         if self.target:
@@ -154,7 +164,11 @@ class NormChoice:
         node: dict[str, Any] = {"mode": self.mode}
         if self.target:
             node["_target_"] = self.target
-        return {**node, **self.keywords()}
+        options = {
+            k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+            for k, v in self.options_dict().items()
+        }
+        return {**node, **options}
 
     def default(self) -> NormChoice:
         """The same mode with every option at its default (for a stable run id)."""
@@ -213,8 +227,21 @@ def choose(node: Mapping[str, Any], name: str | None = None) -> NormChoice:
     if mode in _MODES:
         raise ConfigError("norm.mode", mode, f"a name no registered mode has ({', '.join(_MODES)})")
     cls = _import_class(target)
-    _check_keywords(cls, target, values)
+    schedules = own_schedules(cls)
+    _check_keywords(cls, target, {k: v for k, v in values.items() if k not in schedules})
+    for name in sorted(schedules):
+        schedule = opts.as_schedule(values.get(name))
+        if schedule is opts.BAD:
+            allowed = f"a schedule of {name}, which {target} follows (kind, value, start, ...)"
+            raise ConfigError(f"norm.{name}", values.get(name), allowed)
+        values[name] = schedule
     return NormChoice(str(mode), values, str(target), cls)
+
+
+def own_schedules(layer_class: type) -> set[str]:
+    """The attributes ``layer_class`` schedules from options of its own (``norm.<name>``)."""
+    declared = getattr(layer_class, "schedules", {})
+    return {name for name, s in declared.items() if s.node == f"norm.{name}"}
 
 
 def _import_class(target: str) -> type:

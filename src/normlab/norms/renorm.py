@@ -11,7 +11,7 @@ from torch import Tensor
 
 from normlab.norms import kernels
 from normlab.norms.base import RunningStatsNorm, Scheduled
-from normlab.norms.options import option, positive
+from normlab.norms.options import option, positive, scheduled
 from normlab.norms.registry import Mode, Style, register
 from normlab.norms.stats import (
     batch_stats,
@@ -19,6 +19,7 @@ from normlab.norms.stats import (
     stats_keeping_centered,
     values_per_channel,
 )
+from normlab.schedules import ScheduleConfig
 
 
 class BatchRenorm(RunningStatsNorm):
@@ -31,7 +32,7 @@ class BatchRenorm(RunningStatsNorm):
     the moving *standard deviation* (``running_std``, eps included), and inference computes
     ``(x - mu) / sigma``. With ``rmax = 1, dmax = 0`` training equals batch norm exactly;
     only the running estimate differs (EMA of ``sigma_B`` rather than of the unbiased variance).
-    ``rmax`` and ``dmax`` follow the schedules of the config's ``renorm.rmax``/``renorm.dmax``.
+    ``rmax`` and ``dmax`` follow the mode's own schedules, the options ``norm.rmax``/``norm.dmax``.
 
     r and d are folded into the affine of the normalization (``weight * r``, ``weight * d + bias``)
     instead of composing elementwise ops: on CPU the whole step (statistics, r and d, running
@@ -46,8 +47,8 @@ class BatchRenorm(RunningStatsNorm):
 
     schedules: ClassVar[dict[str, Scheduled]] = {
         **RunningStatsNorm.schedules,
-        "rmax": Scheduled("renorm.rmax", 1.0),
-        "dmax": Scheduled("renorm.dmax", 0.0),
+        "rmax": Scheduled("norm.rmax", 1.0),
+        "dmax": Scheduled("norm.dmax", 0.0),
     }
     records_diagnostics = True
     channel_separable = True
@@ -149,7 +150,14 @@ class BatchRenorm(RunningStatsNorm):
 
 @dataclass(frozen=True)
 class RenormOptions:
+    """``rmax`` and ``dmax`` default to the paper's schedule (Ioffe 2017, section 4): rmax = 1 and
+    dmax = 0 for the first 5k steps, then relaxed linearly to rmax = 3 at 40k and dmax = 5 at
+    25k; the knots are the paper's steps divided by 150k, the length of its Fig. 1 run, so the
+    schedule scales with the run."""
+
     eps: float = option(1e-5, positive)
+    rmax: ScheduleConfig = scheduled(kind="piecewise", knots=[[0.0333, 1.0], [0.2667, 3.0]])
+    dmax: ScheduleConfig = scheduled(kind="piecewise", knots=[[0.0333, 0.0], [0.1667, 5.0]])
 
 
 MODE = register(
