@@ -29,9 +29,9 @@ def recompute_population_stats(
     exponential average into the plain mean with equal weight per batch: the mean and unbiased
     variance for ``batch``/``moving_average``, the mean and ``sigma_B = sqrt(var_B + eps)`` for
     ``renorm`` (whose inference divides by the average batch standard deviation it trained
-    against). Nothing else of the model changes: parameters are never touched, and the other
-    buffers, momentum, the train/eval flag and diagnostics switches are restored. Returns the
-    number of batches used.
+    against), the second moment ``<x^2>`` for ``mabn``. Nothing else of the model changes:
+    parameters are never touched, and the other buffers, momentum, the train/eval flag and
+    diagnostics switches are restored. Returns the number of batches used.
     """
     layers = norm_layers(model)
     records: dict[str, list[tuple[Tensor, Tensor, int]]] = {name: [] for name in layers}

@@ -12,7 +12,8 @@ outside the package, a class of the user's own and a YAML with ``_target_`` (see
 
 References: Ioffe & Szegedy 2015 (arXiv 1502.03167); Ioffe 2017, Batch Renormalization
 (arXiv 1702.03275); Chiley et al. 2019, Online Normalization (arXiv 1905.05894); Wu & He 2018,
-Group Normalization (arXiv 1803.08494); Hoffer et al. 2017, ghost batch norm (arXiv 1705.08741).
+Group Normalization (arXiv 1803.08494); Yan et al. 2020, Moving Average Batch Normalization
+(arXiv 2001.06838); Hoffer et al. 2017, ghost batch norm (arXiv 1705.08741).
 """
 
 from __future__ import annotations
@@ -33,11 +34,15 @@ from normlab.norms import renorm
 from normlab.norms import online
 
 # isort: split
+from normlab.norms import mabn
+
+# isort: split
 from normlab.norms import baselines, registry
 from normlab.norms.base import RunningStatsNorm, Scheduled, is_batch_dependent, norm_layers
 from normlab.norms.baselines import GroupNorm, Identity, LayerNorm
 from normlab.norms.batch import BatchNorm
 from normlab.norms.diagnostics import NormDiagnostics
+from normlab.norms.mabn import MovingAverageBatchNorm
 from normlab.norms.moving_average import MovingAverageNorm
 from normlab.norms.online import OnlineNorm, linear_scan
 from normlab.norms.options import parse
@@ -49,7 +54,7 @@ from normlab.norms.stats import (
     values_per_channel,
 )
 
-BUILT_IN = (batch, moving_average, renorm, online, baselines)
+BUILT_IN = (batch, moving_average, renorm, online, mabn, baselines)
 MODES = registry.names()
 
 __all__ = [
@@ -60,6 +65,7 @@ __all__ = [
     "GroupNorm",
     "Identity",
     "LayerNorm",
+    "MovingAverageBatchNorm",
     "MovingAverageNorm",
     "NormDiagnostics",
     "OnlineNorm",
