@@ -32,7 +32,7 @@ CLASS_COLUMNS = ("num_classes", "config.data.num_classes")
 # Runs are always compared within one study, model and data set, and at one batch size and
 # statistics batch size; the other setting keys split them where they vary (and every run sets
 # them). ``statistics_sub_batch`` is the statistics batch size again, already split on.
-ALWAYS = {"sweep": "study", "config.model.name": "model", "config.data.name": "data"}
+ALWAYS = ("sweep", "config.model.name", "config.data.name")
 VARIED = {k: v for k, v in SETTING_KEYS.items() if k not in ALWAYS and k != "statistics_sub_batch"}
 
 
@@ -261,12 +261,9 @@ def rates(claim: Claim, evidence: Evidence) -> list[Comparison]:
             for m, (k, n) in zip((first, second), counts, strict=True)
         )
         a, b = (group.loc[group["mode"] == m, "diverged"].to_numpy(float) for m in claim.labels)
-        comparisons.append(
-            Comparison(
-                study, setting, interval_at(stats.LEVEL), detail, size, _inverted(interval_at),
-                a, b, paired=False,
-            )
-        )  # fmt: skip
+        effect = interval_at(stats.LEVEL)
+        test = _inverted(interval_at)
+        comparisons.append(Comparison(study, setting, effect, detail, size, test, a, b, False))
     return comparisons
 
 
@@ -342,12 +339,8 @@ def across_batch_sizes(claim: Claim, evidence: Evidence) -> list[Comparison]:
                 f"{len(pair[1])} and {len(pair[0])} seeds (batch {size}, {reference}); "
                 f"{_diverged(part, claim.labels[0])} (at chance)"
             )
-            comparisons.append(
-                Comparison(
-                    study, where, interval_at(stats.LEVEL), detail, size,
-                    _inverted(interval_at), a, b, paired=False,
-                )
-            )  # fmt: skip
+            effect, test = interval_at(stats.LEVEL), _inverted(interval_at)
+            comparisons.append(Comparison(study, where, effect, detail, size, test, a, b, False))
     return comparisons
 
 
@@ -361,8 +354,8 @@ def precise_gain(claim: Claim, evidence: Evidence) -> list[Comparison]:
     asked = column_of(runs, "config.eval.precise_bn").fillna(False).astype(bool)
     precise = accuracy(runs, "val_acc_precise")
     runs = runs.assign(precise=precise, ema=accuracy(runs, "val_acc_eval"))
-    runs = runs.loc[pd.to_numeric(column_of(runs, "val_acc_precise"), errors="coerce").notna()
-                    | (runs["diverged"] & asked)]  # fmt: skip
+    logged = pd.to_numeric(column_of(runs, "val_acc_precise"), errors="coerce").notna()
+    runs = runs.loc[logged | (runs["diverged"] & asked)]
     comparisons = []
     for study, setting, size, group in settings(runs):
         for label, part in group.groupby("mode", sort=True):
