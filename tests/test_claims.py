@@ -10,9 +10,10 @@ Newcombe intervals from their formulas, z = 1.96):
   ±1 pp: the non-i.i.d. gain does not hold.
 - study ``blow`` (bias before norm): at lr 0.5 moving_average diverged 4/4, batch 0/4: rate
   difference 1 [0.307, 1] (holds); at lr 0.01 0/4 each: [−0.49, 0.49] (inconclusive); so the
-  blow-up *holds*. The bias norm grows from 1 to 10–13 under moving_average and to 1.1–1.2
-  under batch at lr 0.5 (ln ratio ≈ 2.3, holds) and alike at lr 0.01 (0 [0, 0], within ±0.1:
-  does not hold): bias growth is *mixed*.
+  blow-up *holds*. In accuracy the diverged runs count at chance (0.1): batch − moving_average
+  is 0.4 at every seed at lr 0.5 (holds). The bias norm grows from 1 to 10–13 under
+  moving_average and to 1.1–1.2 under batch at lr 0.5 (ln ratio ≈ 2.3, holds) and alike at
+  lr 0.01 (0 [0, 0], within ±0.1: does not hold): bias growth is *mixed*.
 - study ``grad``: moving_average diverged 3/4, with gradients through the batch 0/4: rate
   difference 0.75 [0.085, 0.954], holds.
 - study ``gn``: batch loses 0.10 from batch 32 to 8 (Welch [0.078, 0.122]) and 0.28 to 2
@@ -23,16 +24,23 @@ Newcombe intervals from their formulas, z = 1.96):
   (inconclusive).
 
 Learning-rate selection runs (``stage: select``) and validation-split runs would change
-these numbers if they were counted; they are not.
+these numbers if they were counted; they are not. Every claim's settings here are decided alike
+with and without Holm's adjustment; ``test_holm_within_a_claim`` builds a family where they are
+not.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from records import norm_node, write_record
+from scipy import stats as scipy_stats
 
 from normlab import claims, papers
 from normlab.results import load_runs
@@ -191,11 +199,16 @@ def test_paired_differences_and_their_intervals(verdicts):
     assert bounds(small) == pytest.approx((-0.095, -0.1155, -0.0745), abs=1e-4)
     assert small.verdict == "does not hold"
     blown = finding(seed, "blow", "batch 32, lr=0.5")
-    assert (blown.verdict, blown.effect.n) == ("inconclusive", 0)  # every MA run diverged
+    # every MA run diverged: each counts at chance (0.1) against batch's 0.5, a paired 0.4
+    assert bounds(blown) == pytest.approx((0.4, 0.4, 0.4), abs=1e-12)
+    assert (blown.verdict, blown.effect.n) == ("holds", 4)
     assert "moving_average: 4/4 diverged" in blown.detail
     assert finding(seed, "blow", "batch 32, lr=0.01").verdict == "inconclusive"
     where = claims.where_text(seed.findings)
-    assert where.startswith("holds at sq (mlp on mnist1d): batch 32 — does not hold at sq")
+    assert where.startswith(
+        "holds at blow (mlp on mnist1d): batch 32, lr=0.5; sq (mlp on mnist1d): batch 32 — "
+        "does not hold at sq"
+    )
     micro = finding(verdicts["brn_micro_batch"], "sq", "batch 4")
     assert bounds(micro) == pytest.approx((0.055, 0.0458, 0.0642), abs=1e-4)
     large = finding(verdicts["brn_large_batch"], "sq", "batch 32")
@@ -301,3 +314,156 @@ def test_published_effects_by_hand():
     assert effects[("rethinking_small", 2)] == pytest.approx(3.5)
     assert effects[("rethinking_large", 32)] == pytest.approx(0.2)
     assert all(p.source for p in papers.PUBLISHED)
+
+
+# ----------------------------------------------------------------------------- failures, Holm
+
+
+def accuracy_record(root, sweep, mode, batch_size, seed, recorded, diverged=False, **summary):
+    """A record whose final ``val_acc_eval`` is ``recorded`` even when it diverged."""
+    config = {
+        "norm": norm_node(mode),
+        "data": {"name": "mnist1d", "sampler": "iid"},
+        "model": {"name": "mlp", "depth": 3},
+        "batch_size": batch_size,
+        "seed": seed,
+        "sweep": sweep,
+    }
+    fields = {
+        "status": "diverged" if diverged else "completed",
+        "norm_label": mode,
+        "statistics_batch_size": batch_size,
+        "eval_split": "test",
+        "final": {"val_acc_eval": recorded},
+        **summary,
+    }
+    rows = [{"step": 10, "loss": math.inf if diverged else 1.0, "val_acc_eval": recorded}]
+    name = f"{sweep}-{mode}-bs{batch_size}-s{seed}"  # a run id repeated across sweeps counts once
+    return write_record(root, sweep, name, config, fields, rows)
+
+
+def seed_question(root):
+    (result,) = claims.evaluate(load_runs(root), [claims.CLAIMS[0]])
+    assert result.claim.key == "seed_question"
+    return result
+
+
+PAIRS = list(zip([0.50, 0.52, 0.54, 0.56], [0.40, 0.42, 0.44, 0.9], strict=True))
+
+
+def test_a_diverged_run_counts_at_chance_in_a_paired_effect(tmp_path):
+    for seed, (a, b) in enumerate(PAIRS):
+        accuracy_record(tmp_path, "fail", "batch", 32, seed, a)
+        accuracy_record(tmp_path, "fail", "moving_average", 32, seed, b, diverged=seed == 3)
+    # four classes recorded: chance is 0.25 for the diverged run of this second study
+    for seed, (a, b) in enumerate(PAIRS):
+        accuracy_record(tmp_path, "four", "batch", 32, seed, a)
+        accuracy_record(
+            tmp_path, "four", "moving_average", 32, seed, b, diverged=seed == 3, num_classes=4
+        )
+    found = seed_question(tmp_path)
+    (ten,) = [f for f in found.findings if f.study.startswith("fail")]
+    # diffs 0.10, 0.10, 0.10 and 0.56 − 0.1 = 0.46 (the recorded 0.9 is not used): mean 0.19,
+    # s = 0.18, half-width 3.182 · 0.18 / 2 = 0.2864; dropping the run would give 0.10 [0.10, 0.10]
+    assert bounds(ten) == pytest.approx((0.19, 0.19 - 0.28638, 0.19 + 0.28638), abs=1e-4)
+    assert ten.effect.n == 4 and ten.verdict == "inconclusive"
+    assert "moving_average: 1/4 diverged" in ten.detail
+    (four,) = [f for f in found.findings if f.study.startswith("four")]
+    # 0.56 − 0.25 = 0.31: mean 0.1525, s = 0.105, half-width 3.182 · 0.105 / 2 = 0.16706
+    assert bounds(four) == pytest.approx((0.1525, 0.1525 - 0.16706, 0.1525 + 0.16706), abs=1e-4)
+    assert "diverged run" in claims.render([found])[0].split("\n\n")[0]
+
+
+def test_nothing_to_compare_is_not_testable_not_inconclusive(tmp_path):
+    accuracy_record(tmp_path, "one", "batch", 32, 0, 0.5)
+    accuracy_record(tmp_path, "one", "moving_average", 32, 0, 0.4)
+    found = seed_question(tmp_path)
+    (only,) = found.findings
+    assert only.effect.n == 1 and math.isnan(only.effect.low)
+    assert only.verdict == "not testable" and math.isnan(only.p_holds)
+    assert found.verdict == "not testable"
+    assert claims.where_text(found.findings) == "not testable at one (mlp on mnist1d): batch 32"
+
+
+def test_holm_within_a_claim(tmp_path):
+    """Two settings of one claim whose intervals each lie above 0 (one-sided p below 0.025) but
+    whose Holm-adjusted p-values do not: 2 · min(p) > 0.025, so neither setting holds."""
+    base = [0.50, 0.51, 0.52, 0.53]
+    differences = {8: [0.01, 0.02, 0.04, 0.05], 16: [0.01, 0.015, 0.03, 0.035]}
+    for size, diffs in differences.items():
+        for seed, (b, d) in enumerate(zip(base, diffs, strict=True)):
+            accuracy_record(tmp_path, "holm", "batch", size, seed, b + d)
+            accuracy_record(tmp_path, "holm", "moving_average", size, seed, b)
+    found = {f.batch_size: f for f in seed_question(tmp_path).findings}
+    raw = {  # scipy's one-sample t test of the recorded differences, the reference
+        size: scipy_stats.ttest_1samp(
+            [(b + d) - b for b, d in zip(base, diffs, strict=True)], 0.0, alternative="greater"
+        ).pvalue
+        for size, diffs in differences.items()
+    }
+    assert raw[8] == pytest.approx(0.0231, abs=1e-4) and raw[16] == pytest.approx(0.0162, abs=1e-4)
+    for size in differences:
+        assert found[size].effect.low > 0  # each interval alone would make the setting hold
+        assert found[size].p_holds == pytest.approx(raw[size], rel=1e-9)
+    # Holm: the smaller p times 2, then the larger times 1, never below the one before
+    assert found[16].p_holds_adjusted == pytest.approx(2 * raw[16], rel=1e-9)
+    assert found[8].p_holds_adjusted == pytest.approx(max(2 * raw[16], raw[8]), rel=1e-9)
+    assert {f.verdict for f in found.values()} == {"inconclusive"}
+    table = claims.evidence_table([seed_question(tmp_path)])
+    assert list(table["p holds (raw → Holm)"]) == ["0.023 → 0.032", "0.016 → 0.032"]
+
+
+def test_one_line_per_claim_across_settings(tmp_path):
+    # batch 8: batch beats moving_average by 0.2 at each seed; batch 16: moving_average seed 1
+    # diverged (recorded 0.35, counted at chance 0.1)
+    for size, first, second, diverged in (
+        (8, [0.8, 0.9], [0.6, 0.7], ()),
+        (16, [0.5, 0.6], [0.3, 0.35], (1,)),
+    ):
+        for seed in (0, 1):
+            accuracy_record(tmp_path, "line", "batch", size, seed, first[seed])
+            accuracy_record(
+                tmp_path, "line", "moving_average", size, seed, second[seed], seed in diverged
+            )
+    summary = seed_question(tmp_path).summary
+    assert (summary.settings, summary.runs) == (2, 8)
+    # every batch run beats every moving_average run of its setting, in every resample
+    assert bounds_of(summary.improvement) == pytest.approx((1.0, 1.0, 1.0))
+    # IQM of [0.5, 0.6, 0.8, 0.9] is 0.7, of [0.1, 0.3, 0.6, 0.7] is 0.45 (middle two each)
+    iqm = summary.iqm_difference
+    assert iqm.estimate == pytest.approx(0.25)
+    assert iqm.low <= 0.25 <= iqm.high and iqm.low >= 0.2 - 1e-12
+    across = claims.summary_table([seed_question(tmp_path)]).iloc[0]
+    assert across["P(improvement) [95 % CI]"] == "1.00 [1.00, 1.00]"
+    assert across["IQM difference [95 % CI]"].startswith("25.0 [")
+
+
+def bounds_of(interval):
+    return (interval.estimate, interval.low, interval.high)
+
+
+# ----------------------------------------------------------------------------- the claim list
+
+
+def test_every_label_the_claims_name_is_a_registered_label():
+    from normlab.norms import registry
+
+    known = set(registry.styles())
+    named = {label for claim in claims.CLAIMS for label in claim.labels}
+    assert named <= known, named - known
+    assert {"batch", "moving_average", "renorm", "group", "online"} <= named
+
+
+def test_claims_name_recorded_quantities_and_known_evidence():
+    from normlab.claims.catalogue import EVIDENCE_KINDS
+    from normlab.quantities import QUANTITIES
+
+    for claim in claims.CLAIMS:
+        assert claim.metric in QUANTITIES and claim.evidence in EVIDENCE_KINDS
+        assert len(claim.labels) == (1 if claim.evidence == "across_batch_sizes" else 2)
+
+
+def test_claims_and_results_import_without_torch():
+    code = "import normlab.claims, normlab.results, sys; assert 'torch' not in sys.modules"
+    env = {**os.environ, "PYTHONPATH": str(Path(claims.__file__).parents[2])}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)

@@ -389,7 +389,7 @@ def test_figures_that_the_results_cannot_support_are_skipped_with_a_reason(tmp_p
     (out / "renorm_internals.png").write_bytes(b"stale")
     code, printed = cli(capsys, tmp_path / "results", "--out", out)
     assert code == 0
-    assert "skipping divergence figure: needs runs that vary learning rate, depth" in printed
+    assert "skipping divergence figure: needs runs that vary lr, depth" in printed
     assert "skipping divergence_traces figure: needs runs that diverged" in printed
     assert "skipping decay_schedules figure: needs runs with two or more momentum" in printed
     assert (

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from normlab.quantities import TRACED
+
 
 def accuracy(logits: Tensor, labels: Tensor) -> float:
     return (logits.argmax(dim=1) == labels).float().mean().item()
@@ -209,7 +211,7 @@ class Trace:
     kept on the device: nothing is read back until :meth:`rows`, so a run that blows up
     between two logged rows still leaves its path into the blow-up (``trace.csv``)."""
 
-    FIELDS = ("loss", "param_norm", "prenorm_bias_norm", "prenorm_mean_rms")
+    FIELDS = TRACED  # the columns of trace.csv, as the trainer stacks them
 
     def __init__(self, steps: int, device: torch.device) -> None:
         self.steps = steps

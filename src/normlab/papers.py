@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from normlab.plots.tables import write_table
+from normlab.tables import write_table
 
 GN_SOURCE = "Wu & He 2018 (arXiv 1803.08494), Fig. 1"
 BRN_SOURCE = "Ioffe 2017 (arXiv 1702.03275)"

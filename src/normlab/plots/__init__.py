@@ -21,13 +21,16 @@ and ``summary.md``/``.tex``/``.csv`` (mean and 95 % interval over seeds per labe
 size, divergence with Wilson intervals, parameter-norm growth) and ``divergence.md``/...
 
 Layout: :mod:`~normlab.plots.style` (rcParams, palette from the mode registry),
-:mod:`~normlab.plots.runs` (which runs, grouping), :mod:`~normlab.plots.frames` (the numbers),
-:mod:`~normlab.plots.tables`, :mod:`~normlab.plots.draw` (shared drawing), one module per
-figure family, :mod:`~normlab.plots.run` (one run's figure) and :mod:`~normlab.plots.cli`.
+:mod:`~normlab.plots.runs` (what a figure needs; which runs are used and how they are grouped
+is :mod:`normlab.grouping`, their labels and scales :mod:`normlab.quantities`),
+:mod:`~normlab.plots.frames` (the numbers), :mod:`~normlab.plots.tables` (rendered by
+:mod:`normlab.tables`), :mod:`~normlab.plots.draw` (shared drawing), one module per figure family,
+:mod:`~normlab.plots.run` (one run's figure) and :mod:`~normlab.plots.cli`.
 Each figure is a pure ``*_frame`` function and a ``plot_*`` function that returns a matplotlib
 :class:`~matplotlib.figure.Figure` or raises :class:`Skip` saying which runs it needs.
 """
 
+from normlab.grouping import prepare_runs, skipped_runs
 from normlab.plots.accuracy import (
     plot_accuracy_vs_batch_size,
     plot_accuracy_vs_step,
@@ -61,7 +64,7 @@ from normlab.plots.frames import (
 from normlab.plots.ghost import plot_ghost_batch
 from normlab.plots.precise import plot_precise_statistics
 from normlab.plots.run import run_figure
-from normlab.plots.runs import Need, Skip, prepare_runs, skipped_runs
+from normlab.plots.runs import Need, Skip
 from normlab.plots.style import palette, save_figure
 from normlab.plots.tables import summary_display, summary_table, write_divergence, write_summary
 

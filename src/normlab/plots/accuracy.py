@@ -11,6 +11,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from normlab.grouping import prepare_runs, run_metrics, with_setting
 from normlab.plots import draw
 from normlab.plots.frames import (
     IID,
@@ -19,9 +20,9 @@ from normlab.plots.frames import (
     accuracy_vs_step_frame,
     train_eval_gap_frame,
 )
-from normlab.plots.runs import Skip, prepare_runs, run_metrics, with_setting
+from normlab.plots.runs import Skip
 from normlab.plots.style import Style, new_figure, styled
-from normlab.plots.tables import LABELS, scale_of
+from normlab.quantities import LABELS, scale_of
 
 
 @styled

@@ -11,10 +11,11 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.figure import Figure
 
+from normlab.grouping import prepare_runs
 from normlab.plots import draw
 from normlab.plots.accuracy import draw_vs_x
 from normlab.plots.frames import VALUES_PER_CHANNEL, values_per_channel_frame
-from normlab.plots.runs import prepare_runs, select
+from normlab.plots.runs import select
 from normlab.plots.style import PANEL_WIDTH, new_figure, styled
 
 

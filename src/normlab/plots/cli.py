@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from normlab import stats
+from normlab.grouping import pooled_keys, prepare_runs, skipped_runs
 from normlab.plots.accuracy import (
     plot_accuracy_vs_batch_size,
     plot_accuracy_vs_step,
@@ -33,7 +34,7 @@ from normlab.plots.divergence import (
 from normlab.plots.frames import divergence_table_frame
 from normlab.plots.ghost import plot_ghost_batch
 from normlab.plots.precise import plot_precise_statistics
-from normlab.plots.runs import Skip, pooled_keys, prepare_runs, skipped_runs
+from normlab.plots.runs import Skip
 from normlab.plots.style import save_figure
 from normlab.plots.tables import (
     has_divergence,

@@ -8,11 +8,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from normlab.grouping import prepare_runs, run_metrics
 from normlab.plots import draw
 from normlab.plots.frames import CLIPPING, clipping_runs, renorm_internals_frame
-from normlab.plots.runs import prepare_runs, run_metrics, select
+from normlab.plots.runs import select
 from normlab.plots.style import new_figure, styled
-from normlab.plots.tables import LABELS
+from normlab.quantities import LABELS
 
 PAIRS = (("r_clip_frac", "rmax"), ("d_clip_frac", "dmax"))
 

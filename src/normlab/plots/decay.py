@@ -7,13 +7,14 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.figure import Figure
 
+from normlab.grouping import prepare_runs, run_metrics
 from normlab.plots import draw
 from normlab.plots.frames import decay_schedules_frame
-from normlab.plots.runs import Skip, prepare_runs, run_metrics
+from normlab.plots.runs import Skip
 from normlab.plots.style import new_figure, styled
-from normlab.plots.tables import LABELS, scale_of
+from normlab.quantities import LABELS, drawn_in, scale_of
 
-METRICS = ("val_acc_eval", "mean_shift", "std_ratio")
+METRICS = drawn_in("decay_schedules")
 
 
 @styled

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter
 
+from normlab.grouping import finite, fmt, missing, sort_key
 from normlab.plots import draw
 from normlab.plots.frames import (
     DIVERGENCE_KEYS,
@@ -26,9 +27,9 @@ from normlab.plots.frames import (
     divergence_frame,
     traced_runs,
 )
-from normlab.plots.runs import Skip, finite, fmt, missing, sort_key
+from normlab.plots.runs import Skip
 from normlab.plots.style import NEUTRAL, new_figure, ordered, styled
-from normlab.plots.tables import LABELS
+from normlab.quantities import LABELS, drawn_in
 
 MAX_SETTINGS = 4  # rows of the blow-up figure; further settings are named in the skip message
 
@@ -105,7 +106,7 @@ def plot_divergence_traces(runs: pd.DataFrame, metrics: pd.DataFrame | None = No
     rows = diverged_traces_frame(runs, metrics)
     if rows.empty:
         raise Skip("needs runs that diverged; none in these results")
-    names = [m for m in ("loss", "param_norm") if m in rows]
+    names = [m for m in drawn_in("divergence_traces") if m in rows]
     if not names:
         raise Skip("the diverged runs logged neither loss nor param_norm")
     colors = draw.palette_of(rows)

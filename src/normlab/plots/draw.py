@@ -17,7 +17,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator, NullLocator
 
 from normlab import stats
-from normlab.plots.runs import finite, missing
+from normlab.grouping import finite, missing
 from normlab.plots.style import NEUTRAL, SECOND, Style, linestyle, ordered, palette
 
 Palette = Mapping[str, Style]

@@ -20,29 +20,33 @@ import numpy as np
 import pandas as pd
 
 from normlab import stats
-from normlab.plots.runs import (
-    Need,
+from normlab.grouping import (
     column_of,
-    logs,
     missing,
-    order,
     prepare_runs,
     run_metrics,
     sort_key,
     varied_keys,
     with_setting,
 )
+from normlab.plots.runs import Need, logs, order
 from normlab.plots.style import label_rank
+from normlab.quantities import drawn_in
+from normlab.records import SETTING_KEYS
 from normlab.results import load_traces
 
 STAT_COLUMNS = ["mean", "low", "high", "n", "n_diverged", "n_used"]
+# The setting keys the divergence figure has a panel for, under their setting labels.
 DIVERGENCE_KEYS = {
-    "config.optim.lr": "learning rate",
-    "config.model.depth": "depth",
-    "config.model.bias_before_norm": "bias before norm",
-    "config.momentum.kind": "momentum schedule",
+    key: SETTING_KEYS[key]
+    for key in (
+        "config.optim.lr",
+        "config.model.depth",
+        "config.model.bias_before_norm",
+        "config.momentum.kind",
+    )
 }
-TRACE_METRICS = ("loss", "prenorm_bias_norm", "prenorm_mean_rms", "param_norm")
+TRACE_METRICS = drawn_in("blowup_mechanism")
 
 CLIPPING = Need("runs that log r/d clipping (an r_clip_frac column)", logs("r_clip_frac"))
 PRECISE = Need(
@@ -192,7 +196,7 @@ def decay_schedules_frame(runs: pd.DataFrame, metrics: pd.DataFrame | None = Non
     return _trace_frame(
         runs,
         metrics,
-        ["val_acc_eval", "mean_shift", "std_ratio"],
+        drawn_in("decay_schedules"),
         ["momentum_kind", "mode", "setting", "batch_size"],
         exclude=["config.momentum.kind"],
     )
@@ -211,7 +215,7 @@ def renorm_internals_frame(runs: pd.DataFrame, metrics: pd.DataFrame | None = No
     return _trace_frame(
         runs,
         metrics,
-        ["r_clip_frac", "d_clip_frac", "rmax", "dmax"],
+        drawn_in("renorm_internals"),
         ["mode", "setting", "batch_size"],
         keep=lambda rows: rows["run_dir"].isin(clipped),
     )

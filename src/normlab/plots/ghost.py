@@ -8,11 +8,12 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.figure import Figure
 
+from normlab.grouping import prepare_runs, settings_of
 from normlab.plots import draw
 from normlab.plots.frames import GHOST, ghost_batch_frame, ghost_runs
-from normlab.plots.runs import prepare_runs, select, settings_of
+from normlab.plots.runs import select
 from normlab.plots.style import SECOND, new_figure, styled
-from normlab.plots.tables import LABELS
+from normlab.quantities import LABELS
 
 METRICS = (("val_acc_eval", "-", {}), ("val_acc_train_mode", "--", SECOND))
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.figure import Figure
 
+from normlab.grouping import column_of, fmt, settings_of
 from normlab.plots import draw
 from normlab.plots.frames import PRECISE, precise_runs, precise_statistics_frame
-from normlab.plots.runs import Skip, column_of, fmt, settings_of
+from normlab.plots.runs import Skip
 from normlab.plots.style import SECOND, new_figure, styled
-from normlab.plots.tables import LABELS
+from normlab.quantities import LABELS
 
 PANELS = (
     # (panel, metric, line style, marker style, marks diverged seeds)

@@ -16,10 +16,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from normlab import stats
+from normlab.grouping import prepare_runs, with_setting
 from normlab.plots.draw import log2_axis
-from normlab.plots.runs import Skip, order, prepare_runs, with_setting
+from normlab.plots.runs import Skip, order
 from normlab.plots.style import new_figure, palette, styled
-from normlab.plots.tables import to_markdown
+from normlab.tables import to_markdown
 
 KEYS = ["mode", "batch_size", "setting"]
 METRIC = "val_acc_eval"

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from normlab.grouping import finite
 from normlab.plots.draw import step_axis
-from normlab.plots.runs import finite
 from normlab.plots.style import NEUTRAL, new_figure, palette, save_figure, style
-from normlab.plots.tables import LABELS, scale_of
+from normlab.quantities import LABELS, scale_of
 
 PANELS = (
     ("loss", (("loss", "-", "training loss"),)),

@@ -1,5 +1,5 @@
-"""Tables from run records: the summary per label and batch size, the divergence table, and the
-Markdown/LaTeX rendering every table of normlab (claims and papers included) shares.
+"""Tables from run records: the summary per label and batch size, and the divergence table
+(rendered by :mod:`normlab.tables`).
 
 Every mean is shown with its 95 % interval (``63.0 [54.0, 72.0]``), every rate with its Wilson
 interval, and each table's caption says so.
@@ -11,65 +11,29 @@ from pathlib import Path
 
 import pandas as pd
 
-from normlab import stats
-from normlab.plots.runs import (
-    SETTING_KEYS,
+from normlab import quantities, stats
+from normlab.grouping import (
     column_of,
     fmt,
     missing,
-    order,
     prepare_runs,
     run_metrics,
     varied_keys,
     with_setting,
 )
+from normlab.plots.runs import order
+from normlab.quantities import LABELS
+from normlab.records import SETTING_KEYS
+from normlab.tables import write_table
 
-SUMMARY_METRICS = (
-    "val_acc_eval",
-    "val_acc_train_mode",
-    "gap_train_minus_eval",
-    "kl_train_eval",
-    "best_val_acc_eval",
-)
+SUMMARY_METRICS = quantities.SUMMARY
 # Summary columns added only when some run recomputed precise statistics (eval.precise_bn).
-PRECISE_METRICS = ("val_acc_precise", "precise_seconds")
-PERCENT = {
-    "val_acc_eval",
-    "val_acc_train_mode",
-    "gap_train_minus_eval",
-    "best_val_acc_eval",
-    "r_clip_frac",
-    "d_clip_frac",
-    "val_acc_precise",
-    "precise_minus_eval",
-}
-LABELS = {
-    "val_acc_eval": "held-out accuracy (%)",
-    "val_acc_train_mode": "held-out acc., train mode (%)",
-    "gap_train_minus_eval": "train − eval mode acc. (pp)",
-    "kl_train_eval": "KL(train ‖ eval mode) (nats)",
-    "best_val_acc_eval": "best held-out accuracy (%)",
-    "mean_shift": "mean shift |μ_B − μ| / σ",
-    "std_ratio": "std ratio σ_B / σ",
-    "loss": "training loss",
-    "param_norm": "parameter norm ‖θ‖",
-    "prenorm_bias_norm": "pre-norm bias norm ‖b‖",
-    "prenorm_mean_rms": "pre-norm mean drift (RMS of μ_B)",
-    "r_clip_frac": "r clipped (% of channels)",
-    "d_clip_frac": "d clipped (% of channels)",
-    "val_acc_precise": "held-out acc., precise stats (%)",
-    "precise_minus_eval": "precise − EMA stats acc. (pp)",
-    "precise_seconds": "precise-BN time per eval. (s)",
-}
+PRECISE_METRICS = quantities.SUMMARY_PRECISE
 DIVERGED_TEXT = (
     "'diverged': runs whose loss blew up, of all runs, with the 95 % Wilson interval of the "
     "rate; 'param-norm growth': runs whose parameter norm passed its growth factor "
     "(scale-invariant weights grow under normalization; not by itself a blow-up)"
 )
-
-
-def scale_of(metric: str) -> float:
-    return 100.0 if metric in PERCENT else 1.0
 
 
 def mean_caption() -> str:
@@ -166,7 +130,8 @@ def summary_display(table: pd.DataFrame) -> pd.DataFrame:
     for metric in (*SUMMARY_METRICS, *PRECISE_METRICS):
         if f"{metric}_mean" not in table:
             continue
-        scale, digits = (100.0, 1) if metric in PERCENT else (1.0, 3)
+        scale = quantities.scale_of(metric)
+        digits = 1 if scale != 1.0 else 3
         out[LABELS[metric]] = [
             interval_text(m, lo, hi, scale, digits)
             for m, lo, hi in zip(
@@ -234,70 +199,3 @@ def write_divergence(table: pd.DataFrame, out: Path) -> list[Path]:
 
 def has_divergence(table: pd.DataFrame) -> bool:
     return bool(len(table)) and bool((table[["n_diverged", "n_param_growth"]].sum() > 0).any())
-
-
-# ----------------------------------------------------------------------------- rendering
-
-
-def to_markdown(shown: pd.DataFrame, left: int, caption: str) -> str:
-    """A caption and a pipe table; the first ``left`` columns left-aligned, the rest right."""
-    lines = [
-        "| " + " | ".join(shown.columns) + " |",
-        "|" + "|".join("---" if i < left else "---:" for i in range(len(shown.columns))) + "|",
-    ]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in shown.to_numpy().tolist()]
-    return caption + "\n\n" + "\n".join(lines) + "\n"
-
-
-def _cell(value: object) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def tex_escape(text: str) -> str:
-    for char, escaped in (
-        ("\\", r"\textbackslash{}"),
-        ("&", r"\&"),
-        ("%", r"\%"),
-        ("_", r"\_"),
-        ("#", r"\#"),
-        ("‖", r"$\|$"),
-        ("−", "$-$"),
-        ("μ", r"$\mu$"),
-        ("σ", r"$\sigma$"),
-        ("–", "--"),
-        ("≤", r"$\leq$"),
-        ("≥", r"$\geq$"),
-        ("×", r"$\times$"),
-        ("±", r"$\pm$"),
-        ("§", r"\S{}"),
-    ):
-        text = text.replace(char, escaped)
-    return text
-
-
-def to_latex(shown: pd.DataFrame, left: int, caption: str = "") -> str:
-    """A booktabs ``tabular`` (needs ``\\usepackage{booktabs}``), the caption as a comment."""
-    spec = "l" * left + "r" * (len(shown.columns) - left)
-    lines = [f"% {caption}"] if caption else []
-    lines += [
-        rf"\begin{{tabular}}{{{spec}}}",
-        r"\toprule",
-        " & ".join(tex_escape(str(c)) for c in shown.columns) + r" \\",
-        r"\midrule",
-    ]
-    for row in shown.to_numpy().tolist():
-        lines.append(" & ".join(tex_escape(str(c)) for c in row) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
-
-
-def write_table(
-    table: pd.DataFrame, shown: pd.DataFrame, stem: Path, caption: str, left: int
-) -> list[Path]:
-    """``stem``.md and .tex (``shown``, the text) and .csv (``table``, the numbers)."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".md"), stem.with_suffix(".tex"), stem.with_suffix(".csv")]
-    paths[0].write_text(to_markdown(shown, left, caption), encoding="utf-8")
-    paths[1].write_text(to_latex(shown, left, caption), encoding="utf-8")
-    table.to_csv(paths[2], index=False, float_format="%.6g", lineterminator="\n")
-    return paths
