@@ -10,6 +10,7 @@ import random
 import re
 import struct
 import tarfile
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,6 @@ import torch
 
 from normlab import data
 from normlab.data import (
-    DATASETS,
     SAMPLERS,
     DataError,
     Dataset,
@@ -123,7 +123,7 @@ def roundtrip(state: dict) -> dict:
 def test_unknown_dataset_names_argument_and_choices():
     with pytest.raises(DataError, match=re.escape("data.name")) as error:
         load_dataset("imagenet")
-    assert all(name in str(error.value) for name in DATASETS)
+    assert all(name in str(error.value) for name in data.names())
 
 
 def test_dataset_to_and_input_shape():
@@ -350,13 +350,13 @@ def fake_urlopen(files: dict[str, bytes]):
 
 def test_download_fetches_checks_md5_and_loads(tmp_path, monkeypatch):
     arrays = make_idx_arrays()
-    source = data._IDX_SOURCES["mnist"]
+    source = data.idx.SOURCES["mnist"]
     blobs = {
         f"{stem}.gz": gzip.compress(idx_bytes(array, 0x803 if array.ndim == 3 else 0x801))
         for stem, array in arrays.items()
     }
     monkeypatch.setattr(
-        data.urllib.request,
+        urllib.request,
         "urlopen",
         fake_urlopen({source.url + name: blob for name, blob in blobs.items()}),
     )
@@ -364,7 +364,8 @@ def test_download_fetches_checks_md5_and_loads(tmp_path, monkeypatch):
         load_dataset("mnist", root=tmp_path, download=True)
     assert list(tmp_path.iterdir()) == []  # a file failing its checksum never lands
     fake_md5 = {name: hashlib.md5(blob).hexdigest() for name, blob in blobs.items()}
-    monkeypatch.setitem(data._IDX_SOURCES, "mnist", data._IdxSource("MNIST", source.url, fake_md5))
+    checked = data.idx.IdxSource("MNIST", source.url, fake_md5)
+    monkeypatch.setitem(data.idx.SOURCES, "mnist", checked)
     dataset = load_dataset("mnist", root=tmp_path, download=True)
     assert dataset.y_train.tolist() == [3, 1, 9]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(blobs)
@@ -443,8 +444,8 @@ def test_cifar_download_extracts_and_loads(tmp_path, monkeypatch):
     archive = tar_gz({f"cifar-10-batches-bin/{f}": (source / f).read_bytes() for f in CIFAR_FILES})
     root = tmp_path / "root"
     root.mkdir()
-    monkeypatch.setattr(data.urllib.request, "urlopen", fake_urlopen({data._CIFAR10_URL: archive}))
-    monkeypatch.setattr(data, "_CIFAR10_MD5", hashlib.md5(archive).hexdigest())
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen({data.cifar10.URL: archive}))
+    monkeypatch.setattr(data.cifar10, "_MD5", hashlib.md5(archive).hexdigest())
     dataset = load_dataset("cifar10", root=root, download=True)
     assert dataset.y_train.tolist() == train_labels.tolist()
     assert (root / "cifar-10-batches-bin" / "test_batch.bin").is_file()
@@ -463,7 +464,7 @@ def test_tar_extraction_rejects_paths_outside_root(tmp_path, monkeypatch, has_da
     dest = tmp_path / "dest"
     dest.mkdir()
     with pytest.raises(DataError, match=re.escape("evil.tar.gz")):
-        data._extract_tar(archive, dest)
+        data.files.extract_tar(archive, dest)
     assert not (tmp_path / "escaped.txt").exists()
     assert list(dest.iterdir()) == []
 

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from normlab.config.identity import record_config, run_directory
 from normlab.config.schema import RunConfig, register_configs
-from normlab.config.validation import build_checked_model, validate
+from normlab.config.validation import build_checked_model, run_data_set, validate
 from normlab.data import DataError, Dataset, hold_out_validation, load_dataset
 from normlab.errors import ConfigError
 from normlab.files import RunLock
@@ -126,11 +126,11 @@ def _prepare(cfg: DictConfig, config: RunConfig) -> tuple[RunConfig, Dataset, to
 
 
 def load_run_data(config: RunConfig, device: torch.device) -> Dataset:
-    """The run's data set; with ``data.eval_split=validation`` the evaluated set is a fixed
-    part of the training set, the test split left unseen."""
+    """The run's data set, registered or from outside; with ``data.eval_split=validation`` the
+    evaluated set is a fixed part of the training set, the test split left unseen."""
     spec = config.data
     data = load_dataset(
-        spec.name,
+        run_data_set(config),
         spec.root,
         config.paths.cache,
         spec.download,

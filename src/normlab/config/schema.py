@@ -44,6 +44,13 @@ class DataConfig:
     # for choosing hyperparameters without looking at the test set
     eval_split: str = "test"
     validation_fraction: float = 0.125
+    # a data set from outside the package (conf/data/NAME.yaml, see normlab.data.registry):
+    # the function called with `options`, and what it returns declared, for the checks and the
+    # model built before any data is read
+    _target_: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    input_shape: list[int] | None = None
+    num_classes: int | None = None
 
 
 @dataclass
@@ -52,6 +59,10 @@ class ModelConfig:
     depth: int | None = None
     width: int | None = None
     bias_before_norm: bool = False
+    # a model from outside the package (conf/model/NAME.yaml, see normlab.models.registry):
+    # the class built as Class(input_shape, num_classes, norm, **options)
+    _target_: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -14,6 +14,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from normlab import data as datasets
+from normlab import models
 from normlab.config.identity import lookup_lr_factor
 from normlab.config.schema import (
     DEVICES,
@@ -28,9 +30,7 @@ from normlab.config.schema import (
     RunConfig,
     config_node,
 )
-from normlab.data import DATASETS, INPUT_SHAPES, NUM_CLASSES, SAMPLERS
 from normlab.errors import ConfigError, Shown
-from normlab.models import MODELS, build_model
 from normlab.norms import registry
 from normlab.norms.options import RunFacts
 from normlab.schedules import (
@@ -72,6 +72,7 @@ def validate(cfg: DictConfig | RunConfig, total_steps: int | None = None) -> Run
         name = _norm_config_name(cfg)
         run: RunConfig = OmegaConf.to_object(_without_hydra(cfg))
         run.norm = registry.choose(run.norm, name)
+        _name_outside_plugins(cfg, run)
     else:
         run = cfg
     _validate_top(run)
@@ -112,6 +113,19 @@ def _norm_config_name(cfg: DictConfig) -> str | None:
     if HydraConfig.initialized():
         return HydraConfig.get().runtime.choices.get("norm")
     return OmegaConf.select(cfg, "hydra.runtime.choices.norm")
+
+
+def _name_outside_plugins(cfg: DictConfig, run: RunConfig) -> None:
+    """A data set or model from outside the package (``_target_``) is named after the config
+    it was chosen by (``data=NAME``, ``model=NAME``), as a norm mode from outside is."""
+    for group in ("data", "model"):
+        node = getattr(run, group)
+        if HydraConfig.initialized():
+            chosen = HydraConfig.get().runtime.choices.get(group)
+        else:
+            chosen = OmegaConf.select(cfg, f"hydra.runtime.choices.{group}")
+        if node._target_ is not None and chosen:
+            node.name = chosen
 
 
 def _without_hydra(cfg: DictConfig) -> DictConfig:
@@ -174,9 +188,18 @@ def hidden_widths(run: RunConfig) -> list[int]:
         widths.append(channels)
         return nn.Identity()
 
+    data_set = run_data_set(run)
     with torch.device("meta"):
-        build_checked_model(run, INPUT_SHAPES[run.data.name], NUM_CLASSES[run.data.name], record)
+        build_checked_model(run, data_set.input_shape, data_set.num_classes, record)
     return widths
+
+
+def run_data_set(run: RunConfig) -> datasets.DataSet:
+    """The run's data set, registered or from outside (:func:`normlab.data.choose`)."""
+    data = run.data
+    return datasets.choose(
+        data.name, data._target_, data.options, data.input_shape, data.num_classes
+    )
 
 
 def build_checked_model(
@@ -184,25 +207,33 @@ def build_checked_model(
 ) -> nn.Module:
     """The run's model for inputs of ``input_shape``; a model that cannot take them is a
     :class:`ConfigError` on ``model``."""
+    spec = run.model
+    build = models.choose(
+        spec.name, spec._target_, spec.options, spec.depth, spec.width, spec.bias_before_norm
+    )
+    # a registered model says what it cannot take with a ValueError; one from outside may raise
+    # anything
+    failures = ValueError if spec._target_ is None else Exception
     try:
-        return build_model(
-            run.model.name,
-            input_shape,
-            num_classes,
-            norm,
-            depth=run.model.depth,
-            width=run.model.width,
-            bias_before_norm=run.model.bias_before_norm,
-        )
-    except ValueError as error:
-        shown = Shown(f"{run.model.name} on {run.data.name} inputs {tuple(input_shape)}")
-        raise ConfigError("model", shown, str(error)) from None
+        return build(tuple(input_shape), num_classes, norm)
+    except failures as error:
+        shown = Shown(f"{spec.name} on {run.data.name} inputs {tuple(input_shape)}")
+        if spec._target_ is None:
+            raise ConfigError("model", shown, str(error)) from None
+        reason = (str(error).strip().splitlines() or [""])[-1]
+        allowed = f"{spec._target_} must build: {type(error).__name__}: {reason}"
+        raise ConfigError("model", shown, allowed) from None
 
 
 def _validate_data(run: RunConfig) -> None:
     data = run.data
-    _one_of("data.name", data.name, DATASETS)
-    _one_of("data.sampler", data.sampler, SAMPLERS)
+    data_set = run_data_set(run)
+    if data._target_ is not None:
+        for key, value in (("root", data.root), ("download", data.download)):
+            if value is not None and value is not False:
+                allowed = "unset: a data set with _target_ loads itself (keywords: data.options)"
+                raise ConfigError(f"data.{key}", value, allowed)
+    _one_of("data.sampler", data.sampler, datasets.SAMPLERS)
     _one_of("data.eval_split", data.eval_split, EVAL_SPLITS)
     if not 0 < data.validation_fraction < 1:
         raise ConfigError(
@@ -211,7 +242,7 @@ def _validate_data(run: RunConfig) -> None:
     _at_least("data.train_size", data.train_size, 1, optional=True)
     _at_least("data.val_size", data.val_size, 1, optional=True)
     if data.sampler == "non_iid":
-        _in_range("data.classes_per_batch", data.classes_per_batch, 1, NUM_CLASSES[data.name])
+        _in_range("data.classes_per_batch", data.classes_per_batch, 1, data_set.num_classes)
         if data.classes_per_batch > run.batch_size:
             raise ConfigError(
                 "data.classes_per_batch",
@@ -221,12 +252,16 @@ def _validate_data(run: RunConfig) -> None:
 
 
 def _validate_model(run: RunConfig) -> None:
-    _one_of("model.name", run.model.name, MODELS)
-    _at_least("model.depth", run.model.depth, 1, optional=True)
-    _at_least("model.width", run.model.width, 1, optional=True)
-    depth = run.model.depth
-    if run.model.name == "resnet20" and depth is not None and ((depth - 2) % 6 or depth < 8):
-        raise ConfigError("model.depth", depth, "6n+2 for resnet (8, 14, 20, 32, ...)")
+    spec = run.model
+    models.choose(
+        spec.name, spec._target_, spec.options, spec.depth, spec.width, spec.bias_before_norm
+    )
+    _at_least("model.depth", spec.depth, 1, optional=True)
+    _at_least("model.width", spec.width, 1, optional=True)
+    if spec._target_ is None and spec.depth is not None:
+        model = models.get(spec.name)
+        if not model.allows_depth(spec.depth):
+            raise ConfigError("model.depth", spec.depth, model.depths)
 
 
 def _validate_optim(optim: OptimConfig) -> None:
