@@ -40,7 +40,6 @@ def find_runs(*roots: str | Path) -> list[Path]:
     return sorted(found)
 
 
-
 def run_status(run_dir: Path, summary: Mapping[str, Any]) -> str:
     """``summary.status`` when final; ``running`` when a live job holds the run; else
     ``incomplete`` (killed, or never wrote its summary)."""

@@ -318,4 +318,4 @@ def _schedule_summary(sched: ScheduleConfig) -> Shown:
     return Shown(f"{sched.kind}({', '.join(f'{k}={v}' for k, v in changed.items())})")
 
 
-#END
+# END
