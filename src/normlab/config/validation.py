@@ -316,6 +316,3 @@ def _schedule_summary(sched: ScheduleConfig) -> Shown:
     default = ScheduleConfig()
     changed = {k: v for k, v in vars(sched).items() if k != "kind" and v != getattr(default, k)}
     return Shown(f"{sched.kind}({', '.join(f'{k}={v}' for k, v in changed.items())})")
-
-
-# END
