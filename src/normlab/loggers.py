@@ -12,6 +12,7 @@ from typing import Any
 
 from normlab.config.identity import record_config
 from normlab.config.schema import config_node
+from normlab.provenance import provenance
 
 
 class WandbBackend:
@@ -106,4 +107,4 @@ def run_tags(config: Any) -> list[str]:
 
 
 def _plain_config(config: Any) -> dict[str, Any]:
-    return record_config(config)
+    return {**record_config(config), "provenance": provenance()}

@@ -58,6 +58,7 @@ def _run_row(run_dir: Path) -> dict[str, Any]:
     row.update({k: v for k, v in summary.items() if not isinstance(v, Mapping)})
     for group in ("final", "best"):
         row.update(summary.get(group, {}))
+    row.update(flatten(summary.get("versions") or {}, "versions."))
     per_layer = summary.get("values_per_channel")
     if isinstance(per_layer, Mapping) and per_layer and "values_per_channel_min" not in summary:
         row["values_per_channel_min"] = min(per_layer.values())

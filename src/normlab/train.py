@@ -35,6 +35,7 @@ from normlab.errors import ConfigError
 from normlab.files import RunLock
 from normlab.norms import kernels
 from normlab.progress import finished_line
+from normlab.provenance import provenance
 from normlab.records import CHECKPOINT_FILE, FINISHED, METRICS_FILE, RunRecord, read_summary
 from normlab.trainer import Trainer, total_steps
 
@@ -301,6 +302,7 @@ def _identity(
         # moving_average and renorm steps: the compiled CPU op or the pure-PyTorch layers
         "compiled_norm_step": kernels.available_on(device),
         "host": socket.gethostname(),
+        **provenance(),
         "pid": os.getpid(),
         "started_at": _now(),
         "resumed_from_step": resumed_step,

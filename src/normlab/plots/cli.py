@@ -128,7 +128,7 @@ def reproduce(
     if frame.empty:
         report(f"skipping reproduction: no cell of these runs is in {', '.join(map(str, beside))}")
         return []
-    written = write_reproduction(frame, out)
+    written = write_reproduction(frame, out, runs, reference)
     figure = plot_reproduction(runs, reference)
     written += [save_figure(figure, out / f"reproduction{s}") for s in (".png", ".pdf")]
     report(f"{int(frame['within'].sum())} of {len(frame)} cells inside the committed intervals")

@@ -24,6 +24,18 @@ from normlab.tables import to_markdown
 
 KEYS = ["mode", "batch_size", "setting"]
 METRIC = "val_acc_eval"
+# what each side's records say of where they came from (normlab.provenance, the trainer)
+ORIGINS = {
+    "commit": "commit",
+    "dirty": "code changed since the commit",
+    "cpu": "CPU",
+    "device": "device",
+    "threads": "threads",
+    "versions.torch": "torch",
+    "versions.numpy": "numpy",
+    "versions.hydra-core": "hydra-core",
+    "versions.pandas": "pandas",
+}
 
 
 def _final(runs: pd.DataFrame) -> pd.DataFrame:
@@ -101,10 +113,34 @@ def reproduction_markdown(frame: pd.DataFrame) -> str:
     return to_markdown(shown, left, caption)
 
 
-def write_reproduction(frame: pd.DataFrame, out: Path) -> list[Path]:
+def origins_markdown(local: pd.DataFrame, reference: pd.DataFrame) -> str:
+    """Where each side's runs came from: every distinct value its records hold, per origin
+    field (:data:`ORIGINS`); "not recorded" for records older than the field."""
+    sides = {"committed": reference, "this machine": local}
+    rows = {
+        label: [_distinct(runs, key) for runs in sides.values()] for key, label in ORIGINS.items()
+    }
+    shown = pd.DataFrame([[label, *values] for label, values in rows.items()], columns=["", *sides])
+    return to_markdown(shown, 3, "Where the runs came from: the values their records hold.")
+
+
+def _distinct(runs: pd.DataFrame, key: str) -> str:
+    if key not in runs.columns:
+        return "not recorded"
+    values = runs[key].dropna()
+    if values.empty:
+        return "not recorded"
+    shown = sorted({str(v)[:12] if key == "commit" else str(v) for v in values})
+    return ", ".join(shown)
+
+
+def write_reproduction(
+    frame: pd.DataFrame, out: Path, local: pd.DataFrame, reference: pd.DataFrame
+) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "reproduction.md", out / "reproduction.csv"]
-    paths[0].write_text(reproduction_markdown(frame), encoding="utf-8")
+    text = reproduction_markdown(frame) + "\n" + origins_markdown(local, reference)
+    paths[0].write_text(text, encoding="utf-8")
     frame.to_csv(paths[1], index=False, float_format="%.6g", lineterminator="\n")
     return paths
 
