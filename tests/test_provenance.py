@@ -7,8 +7,10 @@ import json
 import subprocess
 from importlib import metadata
 
+import numpy as np
 import pandas as pd
 import yaml
+from test_data import write_idx_files
 
 from normlab import provenance
 from normlab.plots.reproduction import origins_markdown
@@ -73,3 +75,33 @@ def test_the_reproduction_report_shows_both_sides_origins():
     assert "| commit | bbbbbbbbbbbb | aaaaaaaaaaaa |" in text
     assert "| CPU | CPU Y | CPU X |" in text
     assert "| torch | not recorded | 2.13.0 |" in text
+
+
+def _write_mnist(root):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 64), ("t10k", 20)):
+        arrays[f"{split}-images-idx3-ubyte"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        arrays[f"{split}-labels-idx1-ubyte"] = (np.arange(n) % 10).astype(np.uint8)
+    write_idx_files(root, arrays, compress=False)
+
+
+def test_moving_the_data_retrains_nothing(cli, tmp_path):
+    """A run's identity is what it trains, never where its files lie: the same files under
+    another directory find every finished run."""
+    first, second = tmp_path / "data_here", tmp_path / "moved" / "data_there"
+    _write_mnist(first)
+    sweep = ["-m", "data=mnist", "model=mlp", "seed=0,1", "steps=4", "eval_every=2"]
+    small = ["eval.train_subset=16", "sweep=moved", "progress=off"]
+    ran = cli(*sweep, *small, f"data.root={first}", fast=False)
+    assert ran.code == 0, ran.err
+    runs = sorted(p.name for p in ran.run_dirs())
+    stamps = {p: p.stat().st_mtime_ns for p in (ran.results / "runs").rglob("*") if p.is_file()}
+    second.parent.mkdir()
+    first.rename(second)
+    again = cli(*sweep, *small, f"data.root={second}", fast=False)
+    assert again.code == 0, again.err
+    assert again.err.count("; skipped") == 2, again.err[-2000:]
+    assert sorted(p.name for p in again.run_dirs()) == runs
+    now = {p: p.stat().st_mtime_ns for p in (ran.results / "runs").rglob("*") if p.is_file()}
+    assert now == stamps

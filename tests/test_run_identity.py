@@ -75,7 +75,7 @@ def test_every_registered_mode_composes_with_its_yaml(compose_config):
 
 
 def test_rerunning_a_committed_preset_retrains_nothing(cli, tmp_path):
-    """The migrated records of a committed study (scripts/migrate_run_ids.py) are found again:
+    """The migrated records of a committed study (scripts/migrate_records.py) are found again:
     every run of the preset's grid is skipped, nothing is rewritten."""
     preset = "seed_question_quick"
     committed = REPO / "results" / "runs" / preset

@@ -8,7 +8,8 @@ learning-rate factors, the seeds used to choose among them and the seeds of the 
    validation split carved from the training data (``data.eval_split=validation``); sweep
    ``NAME_select``.
 2. **choose**: per cell, the factor with the best mean final validation accuracy over the
-   selection seeds (a diverged run counts as 0; ties go to the factor nearest 1), written to
+   selection seeds (a diverged run counts as 0; ties go to the factor nearest 1, then the
+   larger), written to
    ``results/runs/NAME_select/lr_choice.json`` with every score.
 3. **final**: every cell trains with its chosen factor and all the study's seeds, evaluated on
    the held-out test set; sweep ``NAME``. Each run looks its factor up
@@ -59,7 +60,10 @@ def choose(select_runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]
     for cell, by_factor in scores.items():
         means = {f: sum(v) / len(v) for f, v in by_factor.items()}
         best = max(means.values())
-        chosen = min((f for f, m in means.items() if m == best), key=lambda f: abs(math.log(f)))
+        # ties: the factor nearest 1, then the larger (not the order the records were read in)
+        chosen = min(
+            (f for f, m in means.items() if m == best), key=lambda f: (abs(math.log(f)), -f)
+        )
         out[cell] = {
             "lr_factor": chosen,
             "scores": {str(f): means[f] for f in sorted(means)},

@@ -27,8 +27,9 @@ from normlab.norms.base import RunningStatsNorm
 from normlab.records import MACHINE_KEYS, NOT_CELL_KEYS, RECORD_KEYS
 
 # Bump when what the id hashes changes meaning; ids carry it, so records of another version
-# are told apart (scripts/migrate_run_ids.py rewrites them).
-ID_VERSION = 2
+# are told apart (scripts/migrate_records.py rewrites them). 3: renorm's schedules are its own
+# options, machine paths left the record.
+ID_VERSION = 3
 
 
 def record_config(run: RunConfig) -> dict[str, Any]:
