@@ -51,7 +51,7 @@ def compose_costs(preset: str) -> tuple[float, float]:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
 
-    from hydra_plugins.normlab_launcher.normlab_launcher import CachingConfigLoader
+    from hydra_plugins.normlab_launcher.normlab_launcher import TaskConfigLoader
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -59,7 +59,7 @@ def compose_costs(preset: str) -> tuple[float, float]:
         master = loader.load_configuration("config", [f"+experiment={preset}"], RunMode.MULTIRUN)
         job = ["norm=renorm", "batch_size=4", "seed=1"]
         scratch = median_seconds(lambda: loader.load_sweep_config(master, job))
-        cached = CachingConfigLoader(loader)
+        cached = TaskConfigLoader(loader)
         cached.load_sweep_config(master, job)
         warm = median_seconds(lambda: cached.load_sweep_config(master, ["norm=renorm", "seed=2"]))
     GlobalHydra.instance().clear()
@@ -128,7 +128,7 @@ def rerun_study(preset: str, jobs: int, cache: str) -> dict[str, float]:
         joblib = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
         subprocess.run([*base, *joblib], check=True, capture_output=True)
         out = {}
-        for name, extra in (("basic", []), ("joblib", joblib)):
+        for name, extra in (("sequential", []), ("joblib", joblib)):
             start = time.perf_counter()
             subprocess.run([*base, *extra], check=True, capture_output=True)
             out[name] = time.perf_counter() - start
@@ -156,7 +156,7 @@ def main() -> None:
         print(f"{name.ljust(width)}  {seconds * 1000:8.1f} ms")
     rerun = rerun_study(args.preset, args.jobs, args.cache)
     print(f"\nre-running the finished {args.preset} grid ({rerun['runs']} runs, all skipped):")
-    print(f"  basic launcher           {rerun['basic']:6.1f} s")
+    print(f"  sequential launcher      {rerun['sequential']:6.1f} s")
     print(f"  joblib, {args.jobs} jobs            {rerun['joblib']:6.1f} s")
 
 

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from conftest import FAST, wandb_processes, wandb_records
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import get_class
 
 from normlab.config.validation import validate
 from normlab.train import CONF_DIR
@@ -101,24 +103,6 @@ def test_joblib_rerun_of_a_finished_sweep_skips_every_run_before_dispatching(tmp
     # no Hydra job was set up (no job directory, no saved configs) and no record rewritten
     assert not [p for p in (tmp_path / "again").glob("*") if p.is_dir()]
     assert {p: p.stat().st_mtime_ns for p in (results / "runs").rglob("*") if p.is_file()} == stamps
-
-
-@pytest.mark.slow
-def test_submitit_local_launcher_runs_a_sweep(tmp_path):
-    results = tmp_path / "results"
-    command = multirun_command(
-        results,
-        "local",
-        "hydra/launcher=submitit_local",
-        "hydra.launcher.timeout_min=5",
-        "norm=batch,renorm",
-        *TINY,
-    )
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    runs = summaries(results, "local")
-    assert [r["status"] for r in runs] == ["completed", "completed"]
-    assert list((results / "logs" / "local").glob("multirun_*/.submitit"))
 
 
 @pytest.mark.slow
@@ -259,21 +243,135 @@ def test_wandb_offline_runs_carry_group_tags_config_and_history(cli, tmp_path, m
     assert wandb_processes() <= before, "wandb-core exits with each run"
 
 
-@pytest.mark.parametrize("launcher", ["slurm", "submitit_requeue", "joblib"])
-def test_launcher_configs_compose_with_normlab_hooks(launcher):
+@pytest.mark.parametrize(
+    ("launcher", "hydra_launcher"),
+    [
+        ("sequential", "hydra._internal.core_plugins.basic_launcher.BasicLauncher"),
+        ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+        ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+        (
+            "submitit_requeue",
+            "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
+        ),
+    ],
+)
+def test_normlab_launchers_compose_and_hand_jobs_to_hydras_own(launcher, hydra_launcher):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+        default = compose("config", return_hydra_config=True)
+        normlab = get_class(cfg.hydra.launcher._target_)
+        delegate = get_class(normlab().delegate)
     GlobalHydra.instance().clear()
-    target = cfg.hydra.launcher._target_
+    assert default.hydra.runtime.choices["hydra/launcher"] == "sequential"
+    assert normlab.__module__ == "hydra_plugins.normlab_launcher.normlab_launcher"
+    # by name: Hydra's plugin scan runs each plugin module again, making its classes anew
+    assert hydra_launcher in {f"{c.__module__}.{c.__qualname__}" for c in delegate.__mro__}
+    if launcher == "joblib":
+        assert cfg.hydra.launcher.n_jobs == -1, "the joblib plugin's own options and defaults"
     if launcher == "slurm":
-        assert target.endswith("normlab_launcher.SlurmLauncher")
         assert cfg.hydra.launcher.signal_delay_s > 0 and cfg.hydra.launcher.max_num_timeout > 0
-    elif launcher == "submitit_requeue":
-        assert target.endswith("normlab_launcher.LocalLauncher")
-    else:
-        assert cfg.hydra.launcher.n_jobs
-        return
-    from hydra.utils import get_class
 
-    assert callable(get_class(target).checkpoint), "submitit's preemption hook"
+
+@pytest.mark.parametrize(
+    "job",
+    [
+        ["norm=renorm", "batch_size=4", "seed=1"],
+        ["optim=adamw", "optim.lr=0.05", "norm=online", "model=mlp"],
+        ["renorm.rmax={kind: constant, value: 2.0}", "data.val_size=128", "tags=[a,b]"],
+        ["+experiment=blowup", "norm=batch", "seed=3"],
+        ["+extra=1", "norm=batch"],  # not a plain override: composed in full
+    ],
+)
+def test_task_configs_are_hydras_own_composition_of_each_job(job):
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf, open_dict
+
+    from hydra_plugins.normlab_launcher.normlab_launcher import TaskConfigLoader
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", ["sweep=x"], RunMode.MULTIRUN)
+        task_configs = TaskConfigLoader(loader)
+        first, again = (task_configs.load_sweep_config(master, job) for _ in range(2))
+        hydras = loader.load_sweep_config(master, job)
+    GlobalHydra.instance().clear()
+    with open_dict(hydras):
+        del hydras["hydra"]
+    expected = OmegaConf.to_container(hydras, resolve=True)
+    assert OmegaConf.to_container(first, resolve=True) == expected
+    assert OmegaConf.to_container(again, resolve=True) == expected, "from its group's cache"
+
+
+def test_task_configs_fail_as_hydra_does_on_a_key_the_config_lacks():
+    from hydra.errors import ConfigCompositionException
+    from hydra.types import RunMode
+
+    from hydra_plugins.normlab_launcher.normlab_launcher import TaskConfigLoader
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", [], RunMode.MULTIRUN)
+        task_configs = TaskConfigLoader(loader)
+        with pytest.raises(ConfigCompositionException, match="batchsize"):
+            task_configs.load_sweep_config(master, ["norm=batch", "batchsize=4"])
+    GlobalHydra.instance().clear()
+
+
+def test_submitit_preemption_hook_checkpoints_the_running_trainer_then_requeues(
+    compose_config, tmp_path
+):
+    from submitit.helpers import DelayedSubmission
+
+    from hydra_plugins.normlab_launcher.normlab_launcher import CheckpointingLocalLauncher
+    from normlab.checkpoint import CHECKPOINT_FILE, load_checkpoint
+    from normlab.loggers import RunRecord
+    from normlab.signals import SignalGuard
+    from normlab.train import build_run_model, load_run_data
+    from normlab.trainer import Trainer
+
+    config = validate(compose_config("steps=4", "eval_every=2"))
+    cpu = torch.device("cpu")
+    data = load_run_data(config, cpu)
+    model = build_run_model(config, data)
+    checkpoint = tmp_path / "run" / CHECKPOINT_FILE
+    trainer = Trainer(config, data, model, RunRecord(tmp_path / "run"), cpu, checkpoint)
+    launcher = CheckpointingLocalLauncher(submitit_folder=str(tmp_path / "submitit"))
+    job = (["norm=batch"], "hydra.sweep.dir", 0, "job_id_for_0", {})
+    with SignalGuard(trainer):
+        requeue = launcher.checkpoint(*job)
+    saved = load_checkpoint(checkpoint)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(saved["model"][name], tensor)
+    assert trainer.stop_signal == "preempted"
+    assert isinstance(requeue, DelayedSubmission), "submitit requeues what the hook returns"
+    assert requeue.function is launcher and requeue.args == job
+
+
+@pytest.mark.slow
+def test_submitit_requeue_launcher_runs_only_unfinished_jobs(cli, tmp_path):
+    first = cli("-m", "norm=batch", "sweep=mixed", *TINY)
+    assert first.code == 0, first.err
+    sweep_dir = tmp_path / "sweep"
+    mixed = cli(
+        "-m",
+        "hydra/launcher=submitit_requeue",
+        "hydra.launcher.timeout_min=5",
+        f"hydra.sweep.dir={sweep_dir}",
+        "norm=batch,renorm",
+        "sweep=mixed",
+        *TINY,
+    )
+    assert mixed.code == 0, mixed.err
+    assert mixed.err.count("already completed; skipped") == 1
+    assert "mixed: 2/2 runs (1 completed, 1 skipped)" in mixed.err
+    assert [line[:6] for line in mixed.err.splitlines() if ": completed," in line] == ["[2/2] "]
+    assert {r["norm"]: r["status"] for r in summaries(mixed.results, "mixed")} == {
+        "batch": "completed",
+        "renorm": "completed",
+    }
+    (job,) = [p for p in (sweep_dir / ".submitit").iterdir() if p.name.isdigit()]  # its job id
+    assert list(job.glob("*_result.pkl")), "only the unfinished run went to submitit"
+    assert not list(sweep_dir.glob(".normlab-progress-*")), "its report folder is removed"

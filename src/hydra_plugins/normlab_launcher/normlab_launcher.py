@@ -1,137 +1,322 @@
-"""normlab's Hydra launchers: Hydra's own, plus the sweep's progress and, for submitit, a
-preemption hook that saves the running trainer's checkpoint.
+"""normlab's Hydra launchers: each hands its jobs to one of Hydra's own launchers (the
+delegate), adding the sweep's progress and skipping runs already finished.
 
-- ``basic`` and ``joblib`` (registered under the names of Hydra's own, :func:`register`): a
-  sweep bar (runs done/total, completed/diverged/failed/skipped, elapsed, ETA) and one line per
-  finished run (:mod:`normlab.progress`). A run already completed or diverged is skipped here,
-  before Hydra sets up its job (directory, logging, saved configs) or a worker starts. joblib
-  workers report their runs' steps through files (``NORMLAB_PROGRESS_DIR``, passed to each job
-  with Hydra's ``hydra.job.env_set``), results arrive as each job ends.
-- ``slurm`` and ``submitit_requeue``: submitit calls the launched callable's ``checkpoint()``
-  when the job receives its preemption or time-out signal (USR2), then requeues the same call;
-  these subclasses first write a fresh checkpoint of the run in progress, so the requeued job
-  (which resumes with ``resume=true``, the default) loses no step. The sweep bar advances as
-  their result files appear.
+- Every launcher asks :func:`normlab.train.finished_run` about each job before dispatching it: a
+  run already completed or diverged is reported as skipped, and never reaches the delegate (no
+  job directory, saved configs or worker). Results come back one per job, in the jobs' order.
+- ``sequential`` (the default): Hydra's basic launcher, one job at a time in this process, under
+  the sweep's bar (runs done/total, completed/diverged/failed/skipped, elapsed, ETA;
+  :mod:`normlab.progress`).
+- ``joblib``: Hydra's joblib launcher. Its workers report their runs' steps through files
+  (``NORMLAB_PROGRESS_DIR``), drawn under the sweep's bar.
+- ``slurm``, ``submitit_requeue``: Hydra's submitit launchers (SLURM, local executor), whose
+  preemption hook first writes a fresh checkpoint of the run in progress, so the requeued job
+  (which resumes, ``resume=true``) loses no step.
+
+Jobs run in other processes (joblib, submitit) report the end of their run through a file in the
+sweep directory, so each finished run is counted as it ends, not when the whole batch returns.
 """
 
-from __future__ import annotations
-
+import contextlib
+import copy
+import json
 import logging
+import os
 import tempfile
 import threading
-from collections.abc import Sequence
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from hydra._internal.core_plugins.basic_launcher import BasicLauncher as HydraBasicLauncher
+from hydra.core.config_loader import ConfigLoader
+from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
-from hydra_plugins.hydra_joblib_launcher import _core as joblib_core
+from hydra.plugins.config_source import ConfigSource
+from hydra.plugins.launcher import Launcher
+from hydra.plugins.search_path_plugin import SearchPathPlugin
+from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
-from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher as HydraJoblib
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
-from normlab.progress import PROGRESS_DIR, SweepProgress
+from normlab.progress import PROGRESS_DIR, REPORT_EVERY_S, SweepProgress
 from normlab.signals import checkpoint_active_trainer
 
-_QUIET = ("hydra._internal.core_plugins.basic_launcher", "hydra_plugins.hydra_joblib_launcher")
+_MODULE = "hydra_plugins.normlab_launcher.normlab_launcher"
+# Hydra logs every job's overrides as it launches it; under the bar one count line says it.
+_QUIET = ("hydra", "hydra_plugins.hydra_joblib_launcher")
+_FINISHED = ".finished"  # suffix of a job's end-of-run report (step reports are *.json)
 
 
-class CachingConfigLoader:
-    """Hydra's config loader, composing each sweep job once per distinct set of config-group
-    overrides (``norm=renorm``, ``model=mlp``...) and applying the job's plain overrides
-    (``batch_size=4 seed=1``) to a copy, as Hydra does after composing.
+class NormlabLauncher(Launcher):
+    """Skips finished runs, draws the sweep's progress and hands the other jobs to
+    :attr:`delegate`, the Hydra launcher built from this launcher's own config (every key but
+    ``_target_`` is the delegate's)."""
 
-    Hydra composes every job of a sweep from scratch, twice (the sweeper checks the batch, the
-    launcher composes again): about 0.1 s each, most of re-running a finished study. The cache
-    lives in the process; a pickled loader (a joblib worker's) starts with an empty one.
-    """
+    delegate: ClassVar[str]  # the delegate's _target_
+    in_process: ClassVar[bool] = False  # jobs run here, one per delegate call
+    workers_report_steps: ClassVar[bool] = False
 
-    def __init__(self, loader: Any) -> None:
-        self._loader = loader
-        self._composed: dict[tuple[str, ...], Any] = {}
+    def __init__(self, **delegate_options: Any) -> None:  # the delegate reads them from the config
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+        self.task_configs: TaskConfigLoader | None = None
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loader, name)
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        """The delegate composes each job it runs in full, as Hydra does. The checks before
+        (Hydra's sweeper checks every job composes, this launcher whether its run is finished)
+        share a :class:`TaskConfigLoader` through the context, which the sweeper holds too."""
+        self.config = config
+        self.task_function = task_function
+        self.hydra_context = HydraContext(
+            config_loader=hydra_context.config_loader, callbacks=hydra_context.callbacks
+        )
+        self.task_configs = TaskConfigLoader(hydra_context.config_loader)
+        hydra_context.config_loader = self.task_configs
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"_loader": self._loader, "_composed": {}}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
-    def load_sweep_config(self, master_config: Any, sweep_overrides: list[str]) -> Any:
-        import copy
-
-        from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-        from omegaconf import open_dict
-
-        parsed = OverridesParser.create().parse_overrides(list(sweep_overrides))
-        groups = [o for o in parsed if self._loader.repository.group_exists(o.key_or_group)]
-        values = [o for o in parsed if o not in groups]
-        key = tuple(o.input_line for o in groups)
-        if key not in self._composed:
-            self._composed[key] = self._loader.load_sweep_config(master_config, list(key))
-        config = copy.deepcopy(self._composed[key])
-        ConfigLoaderImpl._apply_overrides_to_config(values, config)
-        with open_dict(config.hydra):
-            for override in values:
-                target = config.hydra.overrides
-                (target.hydra if override.is_hydra_override() else target.task).append(
-                    override.input_line
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> list[JobReturn]:
+        assert self.config is not None
+        task = self.config
+        progress = SweepProgress(
+            len(job_overrides),
+            name=str(task.get("sweep", "sweep")),
+            mode=str(task.get("progress", "auto")),
+        )
+        with _quiet_hydra_logs():
+            runs: list[JobReturn | None] = list(self._finished_runs(job_overrides))
+            for ret in runs:
+                if ret is not None:
+                    _report(progress, ret)
+            pending = [i for i, ret in enumerate(runs) if ret is None]
+            if pending and self.in_process:
+                delegate = self._delegate(self.task_function)
+                with progress.in_process():
+                    for i in pending:
+                        (runs[i],) = delegate.launch([job_overrides[i]], initial_job_idx + i)
+                        _report(progress, runs[i])
+            elif pending:
+                returned = self._launch_elsewhere(
+                    [job_overrides[i] for i in pending], initial_job_idx, progress
                 )
-            naming = config.hydra.job.config.override_dirname
-            config.hydra.job.override_dirname = get_overrides_dirname(
-                overrides=[o for o in parsed if not o.is_hydra_override()],
-                kv_sep=naming.kv_sep,
-                item_sep=naming.item_sep,
-                exclude_keys=naming.exclude_keys,
+                for i, ret in zip(pending, returned, strict=True):
+                    runs[i] = ret
+        progress.close()
+        return runs
+
+    def _finished_runs(self, job_overrides: Sequence[Sequence[str]]) -> Iterator[JobReturn | None]:
+        """Per job, the result of its run if already finished (what the run itself would return
+        when skipping), else None."""
+        from normlab.train import finished_run
+
+        assert self.task_configs is not None and self.config is not None
+        for overrides in job_overrides:
+            cfg = self.task_configs.load_sweep_config(self.config, list(overrides))
+            summary = finished_run(cfg)
+            yield (
+                None
+                if summary is None
+                else JobReturn(
+                    overrides=list(overrides),
+                    cfg=cfg,
+                    status=JobStatus.COMPLETED,
+                    _return_value=summary,
+                )
             )
+
+    def _launch_elsewhere(
+        self, job_overrides: list[Sequence[str]], initial_job_idx: int, progress: SweepProgress
+    ) -> Sequence[JobReturn]:
+        """The delegate runs the jobs in other processes, which report each run's end (and, for
+        :attr:`workers_report_steps`, its steps) to a folder in the sweep directory, shared with
+        them wherever they run. It numbers the jobs it is given from ``initial_job_idx`` on, so
+        with some runs skipped a job's ``hydra.job.num`` is not its place in the sweep."""
+        assert self.config is not None
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=sweep_dir, prefix=".normlab-progress-") as folder:
+            task = ReportingTask(self.task_function, folder, self.workers_report_steps)
+            steps = (
+                progress.other_processes(Path(folder))
+                if self.workers_report_steps
+                else contextlib.nullcontext()
+            )
+            with steps, _FinishedRuns(Path(folder), progress) as reported:
+                returned = self._delegate(task).launch(job_overrides, initial_job_idx)
+        for ret in returned:  # runs that ended without a report (their task never returned)
+            key = tuple(ret.overrides or ())
+            if reported[key]:
+                reported[key] -= 1
+            else:
+                _report(progress, ret)
+        return returned
+
+    def _delegate(self, task_function: TaskFunction) -> Launcher:
+        assert self.config is not None and self.hydra_context is not None
+        config = copy.deepcopy(self.config)
+        with open_dict(config):
+            config.hydra.launcher._target_ = self.delegate
+        return Plugins.instance().instantiate_launcher(
+            hydra_context=self.hydra_context, task_function=task_function, config=config
+        )
+
+
+class TaskConfigLoader(ConfigLoader):
+    """Hydra's config loader for checking a sweep's jobs: each job's task config (without the
+    ``hydra`` node), composed once per distinct set of config-group overrides (``norm=renorm``,
+    ``+experiment=blowup``) and given the job's plain ``key=value`` overrides as Hydra gives
+    them after composing (``OmegaConf.update(..., merge=True)``).
+
+    Hydra composes every job from scratch (a tenth of a second), and before a job runs it is
+    composed twice more: Hydra's sweeper checks that it composes, and the launcher asks whether
+    its run is finished. Both go through this loader, most of re-running a finished study. A
+    job with any other kind of override (``+key``, ``~key``) is composed in full."""
+
+    def __init__(self, loader: ConfigLoader) -> None:
+        self.loader = loader
+        self._groups: dict[str, list[str]] = {}
+        self._composed: dict[tuple[str, ...], DictConfig] = {}
+
+    def load_sweep_config(
+        self, master_config: DictConfig, sweep_overrides: list[str]
+    ) -> DictConfig:
+        overrides = OverridesParser.create().parse_overrides(list(sweep_overrides))
+        groups = tuple(o.input_line for o in overrides if self._is_group(o))
+        values = [o for o in overrides if not self._is_group(o)]
+        if not all(_is_plain(o) for o in values):
+            return self._compose(master_config, sweep_overrides)
+        if groups not in self._composed:
+            self._composed[groups] = self._compose(master_config, list(groups))
+        config = copy.deepcopy(self._composed[groups])
+        try:
+            for override in values:
+                OmegaConf.update(config, override.key_or_group, override.value(), merge=True)
+        except OmegaConfBaseException:
+            return self._compose(master_config, sweep_overrides)  # for Hydra's own error
         return config
 
+    def _compose(self, master_config: DictConfig, overrides: list[str]) -> DictConfig:
+        config = self.loader.load_sweep_config(master_config, list(overrides))
+        with open_dict(config):
+            del config["hydra"]
+        return config
 
-class _ComposesOncePerGroupChoice:
-    """A launcher whose sweeper and jobs share a :class:`CachingConfigLoader`."""
+    def _is_group(self, override: Override) -> bool:
+        parent, _, name = override.key_or_group.rpartition("/")
+        if parent not in self._groups:
+            self._groups[parent] = self.loader.list_groups(parent)
+        return name in self._groups[parent]
 
-    def setup(self, **kwargs: Any) -> None:
-        super().setup(**kwargs)
-        context = self.hydra_context
-        if not isinstance(context.config_loader, CachingConfigLoader):
-            context.config_loader = CachingConfigLoader(context.config_loader)
+    def load_configuration(self, *args: Any, **kwargs: Any) -> DictConfig:
+        return self.loader.load_configuration(*args, **kwargs)
+
+    def get_search_path(self) -> ConfigSearchPath:
+        return self.loader.get_search_path()
+
+    def get_sources(self) -> list[ConfigSource]:
+        return self.loader.get_sources()
+
+    def list_groups(self, parent_name: str) -> list[str]:
+        return self.loader.list_groups(parent_name)
+
+    def get_group_options(self, *args: Any, **kwargs: Any) -> list[str]:
+        return self.loader.get_group_options(*args, **kwargs)
+
+    def compute_defaults_list(self, *args: Any, **kwargs: Any) -> Any:
+        return self.loader.compute_defaults_list(*args, **kwargs)
 
 
-def _sweep_progress(launcher: Any, jobs: int) -> SweepProgress:
-    task = launcher.config
-    return SweepProgress(
-        jobs, name=str(task.get("sweep", "sweep")), mode=str(task.get("progress", "auto"))
+def _is_plain(override: Override) -> bool:
+    """``key=value``: no ``+``, ``++`` or ``~``, no package, no sweep, not Hydra's own."""
+    return not (
+        override.is_delete()
+        or override.is_add()
+        or override.is_force_add()
+        or override.is_sweep_override()
+        or override.is_hydra_override()
+        or override.package is not None
     )
 
 
-def _finished_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]]) -> dict[int, JobReturn]:
-    """The jobs whose runs are already finished, by index, each with the summary a skipping
-    job returns: composed here (once per group choice, :class:`CachingConfigLoader`) instead of
-    set up as a Hydra job, which is most of re-running a finished study."""
-    from omegaconf import open_dict
+@dataclass(frozen=True)
+class ReportingTask:
+    """The task function as a job in another process runs it: it writes the run's summary (or
+    error) to ``folder`` when the run ends, and with ``report_steps`` has the run report its
+    steps there too (:class:`normlab.progress.RunProgress`)."""
 
-    from normlab.train import finished_run
+    task_function: TaskFunction
+    folder: str
+    report_steps: bool
 
-    loader = launcher.hydra_context.config_loader
-    finished = {}
-    for index, overrides in enumerate(job_overrides):
-        cfg = loader.load_sweep_config(launcher.config, list(overrides))
-        with open_dict(cfg):
-            del cfg["hydra"]
-        summary = finished_run(cfg)
-        if summary is not None:
-            finished[index] = JobReturn(
-                overrides=list(overrides),
-                cfg=cfg,
-                status=JobStatus.COMPLETED,
-                _return_value=summary,
+    def __call__(self, cfg: DictConfig) -> Any:
+        overrides = list(HydraConfig.get().overrides.task)
+        previous = os.environ.get(PROGRESS_DIR)
+        if self.report_steps:
+            os.environ[PROGRESS_DIR] = self.folder
+        try:
+            summary = self.task_function(cfg)
+        except Exception as error:
+            self._write({"overrides": overrides, "error": f"{type(error).__name__}: {error}"})
+            raise
+        finally:
+            if self.report_steps:
+                _restore(PROGRESS_DIR, previous)
+        self._write({"overrides": overrides, "summary": summary})
+        return summary
+
+    def _write(self, report: dict[str, Any]) -> None:
+        path = Path(self.folder) / f"{uuid.uuid4().hex}{_FINISHED}"
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(report, default=str))
+        os.replace(temporary, path)
+
+
+class _FinishedRuns:
+    """Counts each run on the sweep's bar as its report appears in ``folder``; yields the
+    reported jobs' overrides, counted, to tell them from jobs that ended without a report."""
+
+    def __init__(self, folder: Path, progress: SweepProgress) -> None:
+        self.folder, self.progress = folder, progress
+        self.reported: Counter[tuple[str, ...]] = Counter()
+        self.seen: set[Path] = set()
+        self.stop = threading.Event()
+        self.watcher = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> Counter[tuple[str, ...]]:
+        self.watcher.start()
+        return self.reported
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.watcher.join()
+        self._collect()
+
+    def _watch(self) -> None:
+        while not self.stop.wait(REPORT_EVERY_S):
+            self._collect()
+
+    def _collect(self) -> None:
+        for path in sorted(set(self.folder.glob(f"*{_FINISHED}")) - self.seen):
+            self.seen.add(path)
+            report = json.loads(path.read_text())
+            self.reported[tuple(report["overrides"])] += 1
+            summary = report.get("summary")
+            self.progress.job_done(
+                summary if isinstance(summary, dict) else None, error=report.get("error")
             )
-    return finished
 
 
 def _report(progress: SweepProgress, ret: JobReturn) -> None:
@@ -142,151 +327,101 @@ def _report(progress: SweepProgress, ret: JobReturn) -> None:
         progress.job_done(value if isinstance(value, dict) else None)
 
 
-class _QuietHydraLogs:
-    """Hydra logs every job's overrides as it starts; under a bar one count line says it."""
-
-    def __enter__(self) -> None:
-        self.levels = {name: logging.getLogger(name).level for name in _QUIET}
-        for name in _QUIET:
-            logging.getLogger(name).setLevel(logging.WARNING)
-
-    def __exit__(self, *exc: object) -> None:
-        for name, level in self.levels.items():
+@contextlib.contextmanager
+def _quiet_hydra_logs() -> Iterator[None]:
+    levels = {name: logging.getLogger(name).level for name in _QUIET}
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
 
 
-class BasicLauncher(_ComposesOncePerGroupChoice, HydraBasicLauncher):
-    """``hydra/launcher=basic`` (the default): jobs one after another in this process."""
-
-    def launch(
-        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
-    ) -> list[JobReturn]:
-        progress = _sweep_progress(self, len(job_overrides))
-        runs = []
-        with _QuietHydraLogs(), progress.in_process():
-            finished = _finished_jobs(self, job_overrides)
-            for offset, overrides in enumerate(job_overrides):
-                ret = finished.get(offset)
-                if ret is None:
-                    (ret,) = super().launch([overrides], initial_job_idx + offset)
-                _report(progress, ret)
-                runs.append(ret)
-        progress.close()
-        return runs
+def _restore(key: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value
 
 
-def _indexed_job(index: int, *args: Any) -> tuple[int, JobReturn]:
-    return index, joblib_core.execute_job(*args)
+def _hydra_launcher_target(name: str) -> str:
+    """The ``_target_`` of Hydra's own ``hydra/launcher=NAME``, as Hydra registers it."""
+    return str(ConfigStore.instance().load(f"hydra/launcher/{name}.yaml").node["_target_"])
 
 
-class JoblibLauncher(_ComposesOncePerGroupChoice, HydraJoblib):
-    """``hydra/launcher=joblib``: jobs in parallel worker processes (loky), each reporting its
-    steps to the sweep's bar; returns the results in the jobs' order, as Hydra expects."""
+class SequentialLauncher(NormlabLauncher):
+    """``hydra/launcher=sequential`` (normlab's default): Hydra's basic launcher, jobs one after
+    another in this process; a run's bar nests under the sweep's."""
 
-    def launch(
-        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
-    ) -> list[JobReturn]:
-        from hydra.core.singleton import Singleton
-        from hydra.core.utils import setup_globals
-        from joblib import Parallel, delayed
+    in_process = True
 
-        setup_globals()
-        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        options = dict(self.joblib, backend="loky", return_as="generator_unordered")
-        joblib_core.process_joblib_cfg(options)
-        progress = _sweep_progress(self, len(job_overrides))
-        runs: list[JobReturn | None] = [None] * len(job_overrides)
-        with _QuietHydraLogs():
-            for offset, ret in _finished_jobs(self, job_overrides).items():
-                _report(progress, ret)
-                runs[offset] = ret
-        state = Singleton.get_state()
-        with tempfile.TemporaryDirectory(prefix="normlab-progress-") as folder:
-            env = f"+hydra.job.env_set.{PROGRESS_DIR}={folder}"
-            calls = (
-                delayed(_indexed_job)(
-                    offset,
-                    initial_job_idx + offset,
-                    [*overrides, env],
-                    self.hydra_context,
-                    self.config,
-                    self.task_function,
-                    state,
-                )
-                for offset, overrides in enumerate(job_overrides)
-                if runs[offset] is None
-            )
-            pending = any(ret is None for ret in runs)  # no workers when every run is done
-            with _QuietHydraLogs(), progress.other_processes(Path(folder)):
-                for offset, ret in Parallel(**options)(calls) if pending else ():
-                    _report(progress, ret)
-                    runs[offset] = ret
-        progress.close()
-        return runs
+    @property
+    def delegate(self) -> str:  # type: ignore[override]
+        return _hydra_launcher_target("basic")
 
 
-class _CheckpointOnPreemption:
+class JoblibLauncher(NormlabLauncher):
+    """``hydra/launcher=joblib``: jobs in parallel worker processes (loky)."""
+
+    delegate = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    workers_report_steps = True
+
+
+class _CheckpointsOnPreemption:
+    """submitit calls the submitted callable's ``checkpoint()`` when its job receives the
+    preemption or time-out signal (USR2), then requeues the call it returns: save the running
+    trainer's checkpoint first."""
+
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         checkpoint_active_trainer()
-        return super().checkpoint(*args, **kwargs)
-
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
-        progress = _sweep_progress(self, len(job_overrides))
-        folder = Path(str(self.params["submitit_folder"]))
-        stop = threading.Event()
-        watcher = threading.Thread(
-            target=_count_results, args=(folder, progress, stop), daemon=True
-        )
-        watcher.start()
-        try:
-            runs = super().launch(job_overrides, initial_job_idx)
-        finally:
-            stop.set()
-            watcher.join()
-        for ret in runs:
-            _report(progress, ret)
-        progress.close()
-        return runs
+        return super().checkpoint(*args, **kwargs)  # type: ignore[misc]
 
 
-def _count_results(folder: Path, progress: SweepProgress, stop: threading.Event) -> None:
-    """Advance the bar as submitit's result files appear (one per finished job)."""
-    seen = 0
-    while not stop.wait(2.0):
-        done = len(list(folder.rglob("*_result.pkl"))) if folder.exists() else 0
-        if progress.bar is not None and done > seen:
-            progress.bar.set_description(f"{progress.name} ({done} jobs done)")
-            progress.bar.refresh()
-        seen = done
+class CheckpointingSlurmLauncher(_CheckpointsOnPreemption, submitit_launcher.SlurmLauncher):
+    """Hydra's submitit SLURM launcher with normlab's preemption hook."""
 
 
-class SlurmLauncher(_CheckpointOnPreemption, submitit_launcher.SlurmLauncher):
+class CheckpointingLocalLauncher(_CheckpointsOnPreemption, submitit_launcher.LocalLauncher):
+    """Hydra's submitit local launcher with normlab's preemption hook."""
+
+
+class SlurmLauncher(NormlabLauncher):
     """``hydra/launcher=slurm``: one SLURM job per run, requeued on preemption."""
 
+    delegate = f"{_MODULE}.CheckpointingSlurmLauncher"
 
-class LocalLauncher(_CheckpointOnPreemption, submitit_launcher.LocalLauncher):
-    """``hydra/launcher=submitit_requeue``: submitit's local executor with the same hook."""
+
+class LocalLauncher(NormlabLauncher):
+    """``hydra/launcher=submitit_requeue``: submitit's local executor, requeued on preemption."""
+
+    delegate = f"{_MODULE}.CheckpointingLocalLauncher"
 
 
 @dataclass
-class BasicLauncherConf:
-    _target_: str = "hydra_plugins.normlab_launcher.normlab_launcher.BasicLauncher"
+class SequentialLauncherConf:
+    _target_: str = f"{_MODULE}.SequentialLauncher"
 
 
 @dataclass
 class NormlabJoblibLauncherConf(JobLibLauncherConf):
-    _target_: str = "hydra_plugins.normlab_launcher.normlab_launcher.JoblibLauncher"
+    _target_: str = f"{_MODULE}.JoblibLauncher"
 
 
-def register() -> None:
-    """Put these launchers under Hydra's names ``basic`` (the default) and ``joblib``. Hydra runs
-    every plugin module again when it scans them, core plugins first, then ``hydra_plugins.*``
-    in name order: this module's call below comes after Hydra's and the joblib plugin's own."""
-    store = ConfigStore.instance()
-    store.store(group="hydra/launcher", name="basic", node=BasicLauncherConf, provider="normlab")
-    store.store(
-        group="hydra/launcher", name="joblib", node=NormlabJoblibLauncherConf, provider="normlab"
-    )
+class NormlabLauncherConfigs(SearchPathPlugin):
+    """Stores normlab's launcher configs: ``sequential`` (conf/config.yaml's default) and
+    ``joblib``, which replaces the joblib plugin's config of that name.
 
+    Hydra runs every plugin module as it scans them, in the order of their folders on the path,
+    and the joblib plugin's module stores its ``joblib`` config when it runs. Search-path plugins
+    are called after the scan, whenever Hydra builds its config search path, so storing here
+    wins whichever order the folders come in. The search path itself is left as it is."""
 
-register()
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        store = ConfigStore.instance()
+        for name, node in (
+            ("sequential", SequentialLauncherConf),
+            ("joblib", NormlabJoblibLauncherConf),
+        ):
+            store.store(group="hydra/launcher", name=name, node=node, provider="normlab")

@@ -185,11 +185,8 @@ class RunConfig:
 def register_configs() -> None:
     """The run schema, and each registered mode's option schema as ``schema/norm/NAME``, which
     ``conf/norm/NAME.yaml`` extends."""
-    from hydra_plugins.normlab_launcher import normlab_launcher
-
     store = ConfigStore.instance()
     store.store(name="normlab_schema", node=RunConfig)
-    normlab_launcher.register()
     for name in registry.names():
         store.store(group="schema/norm", name=name, node=registry.get(name).schema())
 
