@@ -39,3 +39,29 @@ def test_a_contract_an_import_breaks_is_reported(tmp_path):
     result = _lint("--config", str(config))
     assert result.returncode != 0
     assert "normlab.train -> normlab.trainer" in result.stdout
+
+
+def _imported_modules(path: Path) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_code_uses_hydra_only_through_its_public_api():
+    private = []
+    for path in sorted((REPO / "src").rglob("*.py")):
+        for name in _imported_modules(path):
+            parts = name.split(".")
+            if parts[0] in ("hydra", "hydra_plugins", "omegaconf") and (
+                any(p.startswith("_") and p != "__future__" for p in parts)
+                or "singleton" in parts
+            ):
+                private.append(f"{path.relative_to(REPO)}: {name}")
+    assert private == [], private
