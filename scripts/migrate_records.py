@@ -56,12 +56,21 @@ def current_config(old: dict[str, Any], total_steps: int | None) -> RunConfig:
     kept = {k: norm[k] for k in option_names(registry.get(mode).options) if k in norm}
     for name in registry.own_schedules(registry.get(mode).layer):
         if name in schedules and name not in kept:
-            kept[name] = schedules[name]
+            kept[name] = _without_unread_value(schedules[name])
     data = {k: v for k, v in old.get("data", {}).items() if k not in ("root", "download")}
     merged = OmegaConf.merge(OmegaConf.structured(RunConfig), {**old, "data": data, "norm": {}})
     run: RunConfig = OmegaConf.to_object(merged)
     run.norm = registry.choose({"mode": mode, **kept})
     return validate(run, total_steps)
+
+
+def _without_unread_value(schedule: dict[str, Any]) -> dict[str, Any]:
+    """A version-2 ``renorm`` schedule as the mode's option: version 2's schema gave every
+    rmax/dmax node a ``value`` (3 and 5) that only a constant schedule reads; the option's
+    default has none, so a piecewise schedule drops it rather than count it in the id."""
+    if schedule.get("kind", "constant") == "constant":
+        return dict(schedule)
+    return {**schedule, "value": None}
 
 
 def migrate(run_dir: Path, dry_run: bool) -> Path | None:
