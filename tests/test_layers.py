@@ -60,8 +60,7 @@ def test_the_code_uses_hydra_only_through_its_public_api():
         for name in _imported_modules(path):
             parts = name.split(".")
             if parts[0] in ("hydra", "hydra_plugins", "omegaconf") and (
-                any(p.startswith("_") and p != "__future__" for p in parts)
-                or "singleton" in parts
+                any(p.startswith("_") and p != "__future__" for p in parts) or "singleton" in parts
             ):
                 private.append(f"{path.relative_to(REPO)}: {name}")
     assert private == [], private

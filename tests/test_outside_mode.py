@@ -124,3 +124,30 @@ def test_a_wandb_offline_run_carries_the_mode_name(outside, monkeypatch):
     summary = json.loads((result.run_dirs()[0] / "summary.json").read_text())
     assert summary["norm"] == "evonorm_b0"
     assert os.environ["WANDB_MODE"] == "offline"
+
+
+def test_a_mode_from_outside_declares_a_scheduled_attribute_the_trainer_follows(outside):
+    result = outside("norm=blended", "steps=20", "eval_every=10")
+    assert result.code == 0, result.err
+    (run_dir,) = result.run_dirs()
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["norm"]["blend"]["kind"] == "linear" and config["norm"]["blend"]["end"] == 0.0
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    # each row: the value the step before it trained with, 1 - s/20 at step s (a linear ramp
+    # from 1 to 0 over the run)
+    assert metrics["blend"].tolist() == pytest.approx([1.0, 1 - 9 / 20, 1 - 19 / 20])
+    assert "is not allowed" not in result.err
+
+
+@pytest.mark.parametrize(
+    ("overrides", "shown"),
+    [
+        (["norm.blend.start=1.5"], "norm.blend=linear(start=1.5, end=0.0)"),
+        (["~norm.blend"], "norm.blend=None"),
+    ],
+)
+def test_a_bad_or_missing_schedule_of_an_outside_mode_fails_in_one_line(outside, overrides, shown):
+    result = outside("norm=blended", "steps=20", *overrides)
+    assert result.code == 2
+    (line,) = [x for x in result.err.splitlines() if "is not allowed" in x]
+    assert line.startswith(f"normlab-train: {shown} is not allowed"), line

@@ -1,17 +1,19 @@
-"""Two normalization modes of a user's own, outside the normlab package (the README's worked
-example; the tests train them end to end).
+"""Normalization modes of a user's own, outside the normlab package (the docs' worked example;
+the tests train them end to end).
 
 ``EvoNormB0`` subclasses normlab's running-statistics base, so it gets momentum schedules,
 diagnostics and precise-BN; ``RMSNorm`` is a plain module, which trains and is recorded without
-them.
+them; ``BlendedStatsNorm`` declares a scheduled attribute of its own, which the trainer follows.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
-from normlab.norms import RunningStatsNorm
+from normlab.norms import RunningStatsNorm, Scheduled
 
 
 class EvoNormB0(RunningStatsNorm):
@@ -66,3 +68,40 @@ class RMSNorm(nn.Module):
         per_channel = (1, -1, *([1] * (x.dim() - 2)))
         rms = x.square().mean(dim=tuple(range(1, x.dim())), keepdim=True).add(self.eps).sqrt()
         return x / rms * self.weight.view(per_channel)
+
+
+class BlendedStatsNorm(RunningStatsNorm):
+    """Normalizes with ``blend`` times the batch statistics plus ``1 - blend`` times the running
+    averages: 1 is batch norm, 0 normalizes with the moving averages. ``blend`` is the mode's
+    own scheduled attribute; its schedule is the YAML's ``blend`` node (``norm.blend``)."""
+
+    schedules: ClassVar[dict[str, Scheduled]] = {
+        **RunningStatsNorm.schedules,
+        "blend": Scheduled("norm.blend", 0.0, 1.0),
+    }
+
+    def __init__(
+        self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, blend: float = 1.0
+    ) -> None:
+        super().__init__(num_features, eps, momentum)
+        self.blend = blend
+
+    @property
+    def blend(self) -> float:
+        return self._blend
+
+    @blend.setter
+    def blend(self, value: float) -> None:
+        self._blend = self.schedules["blend"].checked("blend", value)
+
+    def train_forward(self, x: Tensor) -> Tensor:
+        dims = [0, *range(2, x.dim())]
+        mean, var = x.mean(dim=dims), x.var(dim=dims, correction=0)
+        running_mean, running_var = self.running_mean.clone(), self.running_var.clone()
+        with torch.no_grad():
+            self.update_running(mean, var, x.numel() // x.shape[1])
+        mean = self.blend * mean + (1 - self.blend) * running_mean
+        var = self.blend * var + (1 - self.blend) * running_var
+        per_channel = (1, -1, *([1] * (x.dim() - 2)))
+        x_hat = (x - mean.view(per_channel)) / (var.view(per_channel) + self.eps).sqrt()
+        return x_hat * self.weight.view(per_channel) + self.bias.view(per_channel)
