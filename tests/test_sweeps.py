@@ -278,7 +278,8 @@ def test_normlab_launchers_compose_and_hand_jobs_to_hydras_own(launcher, hydra_l
     [
         ["norm=renorm", "batch_size=4", "seed=1"],
         ["optim=adamw", "optim.lr=0.05", "norm=online", "model=mlp"],
-        ["renorm.rmax={kind: constant, value: 2.0}", "data.val_size=128", "tags=[a,b]"],
+        ["eval={train_subset: 64, precise_bn: true}", "data.val_size=128", "tags=[a,b]"],
+        ["norm=renorm", "norm.rmax={kind: constant, value: 2.0, knots: null}"],
         ["+experiment=blowup", "norm=batch", "seed=3"],
         ["+extra=1", "norm=batch"],  # not a plain override: composed in full
     ],
@@ -326,7 +327,8 @@ def test_submitit_preemption_hook_checkpoints_the_running_trainer_then_requeues(
     from submitit.helpers import DelayedSubmission
 
     from hydra_plugins.normlab_launcher.normlab_launcher import CheckpointingLocalLauncher
-    from normlab.checkpoint import CHECKPOINT_FILE, load_checkpoint
+    from normlab.checkpoint import load_checkpoint
+    from normlab.records import CHECKPOINT_FILE
     from normlab.loggers import RunRecord
     from normlab.signals import SignalGuard
     from normlab.train import build_run_model, load_run_data
