@@ -8,15 +8,17 @@ What each version change means for a record:
   the mode's own options (``norm.rmax``/``norm.dmax``). Records held machine paths
   (``paths``, ``data.root``) that entered the id; they leave the record and the id.
 - every version: ``summary.json`` gains what the current trainer writes where the mode is built
-  (``norm_label``, ``statistics_batch_size``) and ``param_norm_growth_step`` of a run stopped
-  at the old parameter-norm limit.
+  (``norm_label``, ``statistics_batch_size``, the quantities the mode declares,
+  ``norm_quantities``) and ``param_norm_growth_step`` of a run stopped at the old
+  parameter-norm limit.
 
 Each record's directory is renamed to its current id, ``config.yaml`` rewritten, and
 ``summary.json``'s ``run_id`` and ``run_dir`` updated with the old id in ``migrated_from``;
 ``metrics.csv`` is never touched. A study's ``lr_choice.json`` is keyed by cell ids, which
 carry the version: it is recomputed from its migrated selection runs, and the script checks
-that every cell keeps the factor it had. Records already at the current version are left
-alone, so running it twice changes nothing.
+that every cell keeps the factor it had. A record already at the current version keeps its
+id and files; its ``summary.json`` only gains the fields of its registered mode's record it
+lacks (a mode from outside the package declares none). Running it twice changes nothing.
 
     python scripts/migrate_records.py results/runs            # rewrite in place
     python scripts/migrate_records.py results/runs --dry-run  # only list what would change
@@ -91,6 +93,20 @@ def migrate(run_dir: Path, dry_run: bool) -> Path | None:
     return target
 
 
+def complete(run_dir: Path, dry_run: bool) -> list[str]:
+    """The fields of its mode's record (:meth:`NormChoice.record`) that a current-version
+    record's ``summary.json`` lacks, added unless ``dry_run``."""
+    summary, config = read_summary(run_dir), read_config(run_dir)
+    if not summary or "_target_" in config["norm"]:
+        return []
+    norm = registry.choose(config["norm"])
+    fields = norm.record(config["batch_size"])
+    missing = {k: v for k, v in fields.items() if k not in summary}
+    if missing and not dry_run:
+        write_summary(run_dir, {**summary, **missing})
+    return sorted(missing)
+
+
 def _current_summary(
     summary: dict[str, Any], run: RunConfig, old_dir: Path, target: Path
 ) -> dict[str, Any]:
@@ -121,17 +137,23 @@ def main() -> int:
     parser.add_argument("roots", nargs="+", type=Path, help="results/runs or sweep directories")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args()
-    moved = 0
+    moved = completed = 0
     for root in args.roots:
         for config in sorted(root.rglob(CONFIG_FILE)):
             target = migrate(config.parent, args.dry_run)
             if target is not None:
                 moved += 1
                 print(f"{config.parent} -> {target.name}")
+                continue
+            added = complete(config.parent, args.dry_run)
+            if added:
+                completed += 1
+                print(f"{config.parent}: + {', '.join(added)}")
         if moved and not args.dry_run:
             for choice in sorted(root.rglob(CHOICE_FILE)):
                 rechoose(choice.parent)
-    print(f"{'would migrate' if args.dry_run else 'migrated'} {moved} run(s)", file=sys.stderr)
+    done = "would" if args.dry_run else "did"
+    print(f"{done} migrate {moved} run(s), complete {completed} summaries", file=sys.stderr)
     return 0
 
 

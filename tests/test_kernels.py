@@ -224,7 +224,7 @@ def test_diagnostics_fold_against_a_float64_reference(dtype, clipping, compiled)
     from normlab.norms.diagnostics import NormDiagnostics
 
     channels, eps = 37, 1e-3
-    diagnostics = NormDiagnostics(channels, with_clipping=clipping)
+    diagnostics = NormDiagnostics(channels, ("r_clip_frac", "d_clip_frac") if clipping else ())
     diagnostics.compiled = compiled
     like = torch.zeros(channels, dtype=dtype)
     for window in range(3):

@@ -2,6 +2,7 @@
 equations re-derived here in float64, and hand-derived gradients."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -16,7 +17,9 @@ from normlab.norms import (
     build_norm,
     normalize_with_batch_stats,
     normalize_with_constant_stats,
+    registry,
 )
+from normlab.quantities import Quantity
 
 SHAPES = [(8, 5), (8, 5, 7), (4, 5, 3, 6)]
 
@@ -165,6 +168,17 @@ def test_renorm_clips_in_the_paper_example_range():
     # channel 0: sigma_B/sigma = 10 > rmax; channel 3: 0.1 < 1/rmax; channel 1: |d| = 5 > dmax
     assert stats["r_clip_frac"] == pytest.approx(0.5)
     assert stats["d_clip_frac"] == pytest.approx(0.25)
+
+
+def test_renorm_declares_its_clip_fractions_each_against_one_of_its_schedules():
+    mode = registry.get("renorm")
+    declared = [(q.name, q.percent, q.bound) for q in mode.quantities]
+    assert declared == [("r_clip_frac", True, "rmax"), ("d_clip_frac", True, "dmax")]
+    elsewhere = Quantity("r_clip_frac", "r clipped (% of channels)", True, bound="rmin")
+    bad = dataclasses.replace(mode, name="renorm_bounded_elsewhere", quantities=(elsewhere,))
+    with pytest.raises(ValueError, match="'rmin', which is not one of BatchRenorm's schedules"):
+        registry.register(bad)
+    assert "renorm_bounded_elsewhere" not in registry.names()
 
 
 def test_renorm_gradcheck_with_saturated_corrections():

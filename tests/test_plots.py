@@ -99,7 +99,7 @@ FIGURES = (
     "divergence",
     "divergence_traces",
     "decay_schedules",
-    "renorm_internals",
+    "mode_internals",
     "ghost_batch",
 )
 TABLES = ("md", "tex", "csv")
@@ -231,6 +231,7 @@ def write_run(root: Path, spec, sweep: str = "study") -> Path:
     ghost += f"-{extra['model']}" if "model" in extra else ""
     run_id = f"{mode}{ghost}-bs{batch_size}-s{seed}-{kind}-{extra.get('sampler', 'iid')}"
     rows = metric_rows(mode, seed, status, acc, gap, kl, extra.get("precise"))
+    node = config(mode, batch_size, seed, kind, extra)
     if status == "incomplete":
         summary = None
     else:
@@ -238,6 +239,9 @@ def write_run(root: Path, spec, sweep: str = "study") -> Path:
         statistics = extra.get("virtual_batch_size", batch_size)
         summary = {
             "norm": mode,
+            # what the trainer writes where the mode is built (renorm: its clip fractions'
+            # declaration), the label and statistics batch size as worked out here
+            **registry.choose({"mode": mode}).record(batch_size),
             "norm_label": label(mode, extra),
             "statistics_batch_size": statistics,
             # an MLP: one value per example behind each channel's statistic, at every layer
@@ -268,9 +272,7 @@ def write_run(root: Path, spec, sweep: str = "study") -> Path:
             summary["error"] = "RuntimeError: out of memory"
         if extra.get("param_growth"):
             summary["param_norm_growth_step"] = 12
-    return write_record(
-        root, sweep, run_id, config(mode, batch_size, seed, kind, extra), summary, rows
-    )
+    return write_record(root, sweep, run_id, node, summary, rows)
 
 
 def written_runs(tmp_path_factory, name: str, specs) -> Path:
@@ -385,16 +387,17 @@ def test_figures_that_the_results_cannot_support_are_skipped_with_a_reason(tmp_p
     for spec in RUNS[:2]:
         write_run(tmp_path / "results", spec)
     out = tmp_path / "figures"
-    (out / "renorm_internals.png").parent.mkdir(parents=True)
-    (out / "renorm_internals.png").write_bytes(b"stale")
+    (out / "mode_internals.png").parent.mkdir(parents=True)
+    (out / "mode_internals.png").write_bytes(b"stale")
     code, printed = cli(capsys, tmp_path / "results", "--out", out)
     assert code == 0
     assert "skipping divergence figure: needs runs that vary lr, depth" in printed
     assert "skipping divergence_traces figure: needs runs that diverged" in printed
     assert "skipping decay_schedules figure: needs runs with two or more momentum" in printed
     assert (
-        "skipping renorm_internals figure: needs runs that log r/d clipping (an r_clip_frac "
-        "column); none in these results (removed its stale files)" in printed
+        "skipping mode_internals figure: needs runs that log a quantity their mode declares with "
+        "a bound (norm_quantities in summary.json); none in these results (removed its stale "
+        "files)" in printed
     )
     assert "skipping precise_statistics figure: needs runs that recomputed precise" in printed
     assert (
@@ -402,7 +405,7 @@ def test_figures_that_the_results_cannot_support_are_skipped_with_a_reason(tmp_p
         "(statistics_batch_size < batch_size)" in printed
     )
     assert "skipping divergence table: no run diverged or had parameter-norm growth" in printed
-    assert not (out / "renorm_internals.png").exists()
+    assert not (out / "mode_internals.png").exists()
     assert (out / "accuracy_vs_batch_size.png").exists()
 
 
@@ -543,9 +546,9 @@ def test_decay_schedules_frame(runs):
     assert accuracy["mean"] == pytest.approx(0.52)
 
 
-def test_renorm_internals_frame_holds_the_runs_that_log_clipping(runs):
-    frame = plots.renorm_internals_frame(runs)
-    assert set(frame["mode"]) == {"renorm"}  # the only runs with an r_clip_frac column
+def test_mode_internals_frame_holds_the_runs_that_log_clipping(runs):
+    frame = plots.mode_internals_frame(runs)
+    assert set(frame["mode"]) == {"renorm"}  # the only runs whose mode declares quantities
     r10 = row(frame, batch_size=4, metric="r_clip_frac", step=10)
     assert interval(r10) == close(t95([0.5, 0.6]))
     assert r10["n"] == 2
@@ -554,6 +557,91 @@ def test_renorm_internals_frame_holds_the_runs_that_log_clipping(runs):
     rmax = frame.loc[(frame["batch_size"] == 4) & (frame["metric"] == "rmax")]
     assert list(rmax["mean"]) == [1.0, 2.0, 3.0]
     assert row(frame, batch_size=4, metric="dmax", step=10)["mean"] == pytest.approx(2.5)
+
+
+# a mode no registry knows whose records declare a quantity of its own, drawn against a bound
+WOBBLE = {
+    "name": "wobble_frac",
+    "label": "wobbled (% of channels)",
+    "percent": True,
+    "bound": "wmax",
+}
+
+
+def write_wobble_run(root: Path, seed: int) -> Path:
+    """wobble_frac ``(0.2 + 0.2 seed) · step / 10``, its bound wmax ``1 + step / 10``."""
+    rows = [
+        {
+            "step": step,
+            "wobble_frac": (0.2 + 0.2 * seed) * step / 10,
+            "wmax": 1 + step / 10,
+            "val_acc_eval": 0.5,
+        }
+        for step in STEPS
+    ]
+    node = config("renorm", 4, seed, "constant", {})
+    node["norm"] = {"mode": "wobble", "_target_": "outside.Wobble", "eps": 1e-5}
+    summary = {
+        "norm": "wobble",
+        "norm_label": "wobble",
+        "norm_quantities": [WOBBLE],
+        "batch_size": 4,
+        "seed": seed,
+        "status": "completed",
+        "final": {k: v for k, v in rows[-1].items() if k != "step"},
+    }
+    return write_record(root, "study", f"wobble-bs4-s{seed}", node, summary, rows)
+
+
+def test_the_internals_figure_draws_what_the_records_declare(tmp_path):
+    """Beside renorm's two panels, a panel for the quantity the wobble records declare, drawn
+    against the bound they name, with the wobble runs alone in it."""
+    root = tmp_path / "results"
+    for spec in RUNS:
+        if spec[0] == "renorm" and spec[4] == "completed":
+            write_run(root, spec)
+    for seed in (0, 1):
+        write_wobble_run(root, seed)
+    runs = load_runs(root)
+    frame = plots.mode_internals_frame(runs)
+    metrics = frame.groupby("mode")["metric"].agg(set).to_dict()
+    assert metrics == {
+        "renorm": {"r_clip_frac", "d_clip_frac", "rmax", "dmax"},
+        "wobble": {"wobble_frac", "wmax"},
+    }
+    assert row(frame, mode="wobble", metric="wobble_frac", step=20)["mean"] == pytest.approx(0.6)
+    assert row(frame, mode="wobble", metric="wmax", step=10)["mean"] == pytest.approx(2.0)
+
+    figure = plots.plot_mode_internals(runs)
+    assert [ax.get_ylabel() for ax in figure.axes] == [
+        "r clipped (% of channels)",
+        "d clipped (% of channels)",
+        "wobbled (% of channels)",
+        "rmax (schedule)",
+        "dmax (schedule)",
+        "wmax (schedule)",
+    ]
+    wobble, wmax = figure.axes[2], figure.axes[5]
+    wobble_color = plots.palette(["wobble"])["wobble"].color
+    assert [line.get_color() for line in wobble.lines] == [wobble_color], "no renorm line"
+    assert list(wobble.lines[0].get_ydata()) == pytest.approx([0.0, 30.0, 60.0])  # in %
+    assert [list(line.get_ydata()) for line in wmax.lines] == [[1.0, 2.0, 3.0]]
+    legend = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert "rmax / dmax / wmax (right axis)" in legend
+
+
+def test_a_record_without_declared_quantities_has_no_internals(tmp_path, capsys):
+    """renorm records written before norm_quantities: the figure is skipped, nothing breaks."""
+    root = tmp_path / "results"
+    for spec in RUNS[7:9]:
+        run_dir = write_run(root, spec)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        del summary["norm_quantities"]
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+    runs = load_runs(root)
+    assert plots.mode_internals_frame(runs).empty
+    with pytest.raises(plots.Skip, match="norm_quantities"):
+        plots.plot_mode_internals(runs)
 
 
 def test_divergence_frames_carry_wilson_intervals(runs):

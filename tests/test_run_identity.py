@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -90,3 +92,38 @@ def test_rerunning_a_committed_preset_retrains_nothing(cli, tmp_path):
     assert result.err.count("; skipped") == grid, result.err[-2000:]
     assert {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()} == stamps
     assert len(list(copy.iterdir())) == grid
+
+
+def test_migration_gives_a_current_record_the_quantities_its_mode_declares(tmp_path):
+    """scripts/migrate_records.py: a current-version renorm record without ``norm_quantities``
+    gains the registry's declaration and nothing else; a second run, or a batch record, changes
+    nothing."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import migrate_records
+
+    committed = REPO / "results" / "runs" / "renorm_non_iid_mlp"
+    if not committed.is_dir():
+        pytest.skip("no committed records of renorm_non_iid_mlp")
+    copies = {}
+    for mode in ("renorm", "batch"):
+        source = sorted(committed.glob(f"{mode}-bs*"))[0]
+        copies[mode] = shutil.copytree(source, tmp_path / source.name)
+    path = copies["renorm"] / "summary.json"
+    original = json.loads(path.read_text())
+    original.pop("norm_quantities", None)
+    path.write_text(json.dumps(original))
+    assert migrate_records.complete(copies["renorm"], dry_run=True) == ["norm_quantities"]
+    assert "norm_quantities" not in json.loads(path.read_text()), "a dry run writes nothing"
+    assert migrate_records.complete(copies["renorm"], dry_run=False) == ["norm_quantities"]
+    migrated = json.loads(path.read_text())
+    declared = migrated.pop("norm_quantities")
+    assert migrated == original
+    assert [(d["name"], d["label"], d["percent"], d["bound"]) for d in declared] == [
+        (q.name, q.label, q.percent, q.bound) for q in registry.get("renorm").quantities
+    ]
+    text = path.read_text()
+    assert migrate_records.complete(copies["renorm"], dry_run=False) == []
+    assert path.read_text() == text
+    batch = (copies["batch"] / "summary.json").read_text()
+    assert migrate_records.complete(copies["batch"], dry_run=False) == []
+    assert (copies["batch"] / "summary.json").read_text() == batch

@@ -10,7 +10,7 @@ import yaml
 
 from normlab.config.validation import validate
 from normlab.errors import ConfigError
-from normlab.norms import MODES
+from normlab.norms import MODES, registry
 
 
 def test_one_run_writes_its_record(cli):
@@ -50,6 +50,26 @@ def test_one_run_writes_its_record(cli):
     assert summary["final"]["val_acc_eval"] == pytest.approx(last["val_acc_eval"])
     assert summary["samples_per_s"] > 0
     assert summary["compiled_norm_step"] is True, "a CPU renorm run takes the compiled step"
+
+
+def test_a_renorm_run_declares_its_clip_fractions_in_its_record(cli):
+    """summary.json declares what the mode registers as its own quantities, each a column the
+    run logged, drawn against one of its schedules (also logged); a mode without declares none."""
+    result = cli("norm=renorm", "batch_size=8", "steps=20", "eval_every=10")
+    assert result.code == 0, result.err
+    declared = result.summary()["norm_quantities"]
+    registered = registry.get("renorm").quantities
+    assert [(d["name"], d["label"], d["percent"], d["bound"]) for d in declared] == [
+        (q.name, q.label, q.percent, q.bound) for q in registered
+    ]
+    assert [(d["name"], d["bound"]) for d in declared] == [
+        ("r_clip_frac", "rmax"),
+        ("d_clip_frac", "dmax"),
+    ]
+    assert all(d["percent"] is True for d in declared), "fractions of channels"
+    logged = pd.read_csv(result.run_dirs()[0] / "metrics.csv").columns
+    assert {d["name"] for d in declared} | {d["bound"] for d in declared} <= set(logged)
+    assert "norm_quantities" not in registry.choose({"mode": "batch"}).record(8)
 
 
 def test_runs_are_deterministic_on_cpu(cli, tmp_path):

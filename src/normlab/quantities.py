@@ -4,6 +4,11 @@ that draw it. Figures, tables and claims read names, labels and scales from here
 per-step trace (:class:`normlab.metrics.Trace`) takes its columns from :data:`TRACED`. Imports
 neither torch nor matplotlib.
 
+:data:`QUANTITIES` are every mode's. A mode's own (renorm's clip fractions) are declared where
+the mode is registered (``Mode.quantities``, :mod:`normlab.norms.registry`); each run's
+``summary.json`` holds its mode's under :data:`DECLARED` (:meth:`Quantity.declaration`), and
+:func:`declared` reads them back from the records.
+
 To add a per-step metric:
 
 1. compute it where its row is built (``Trainer`` rows, :mod:`normlab.evaluation`, or a mode's
@@ -12,12 +17,16 @@ To add a per-step metric:
 2. add a :class:`Quantity` to :data:`QUANTITIES` with that name, its label, ``percent=True`` for
    a fraction, and the names of the figures or tables (``normlab-plot`` names, ``summary``) that
    draw it; the figures that read :func:`drawn_in` pick it up, a figure with panels of its own
-   lists it there too.
+   lists it there too. A quantity only one mode logs is that mode's: it goes into its
+   ``Mode.quantities`` instead, with ``bound`` naming the schedule it is drawn against.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -26,10 +35,25 @@ class Quantity:
     label: str
     percent: bool = False  # a fraction, shown ×100
     drawn: tuple[str, ...] = ()  # the figures and tables that draw it
+    bound: str | None = None  # a mode's own: the column it is drawn against (its schedule)
 
     @property
     def scale(self) -> float:
         return 100.0 if self.percent else 1.0
+
+    def declaration(self) -> dict[str, Any]:
+        """This quantity as a run's record declares it (an entry of :data:`DECLARED`)."""
+        return {
+            "name": self.name,
+            "label": self.label,
+            "percent": self.percent,
+            "bound": self.bound,
+        }
+
+
+# The summary.json field (and runs column) holding the quantities a run's mode declares: a list
+# of :meth:`Quantity.declaration`, in the mode's order; the runs table holds it as JSON text.
+DECLARED = "norm_quantities"
 
 
 ACCURACY_FIGURES = (
@@ -63,10 +87,6 @@ QUANTITIES: dict[str, Quantity] = {
             "prenorm_mean_rms", "pre-norm mean drift (RMS of μ_B)", False, ("blowup_mechanism",)
         ),
         Quantity("param_norm", "parameter norm ‖θ‖", False, TRACE_FIGURES),
-        Quantity("r_clip_frac", "r clipped (% of channels)", True, ("renorm_internals",)),
-        Quantity("d_clip_frac", "d clipped (% of channels)", True, ("renorm_internals",)),
-        Quantity("rmax", "r_max", False, ("renorm_internals",)),
-        Quantity("dmax", "d_max", False, ("renorm_internals",)),
         Quantity(
             "val_acc_precise", "held-out acc., precise stats (%)", True, ("precise_statistics",)
         ),
@@ -100,3 +120,21 @@ def scale_of(name: str) -> float:
 def drawn_in(figure: str) -> tuple[str, ...]:
     """The quantities ``figure`` draws, in the registry's order."""
     return tuple(name for name, q in QUANTITIES.items() if figure in q.drawn)
+
+
+def declared(declarations: Iterable[Any]) -> dict[str, Quantity]:
+    """The quantities that runs' modes declare, by name, each once, in the order first declared.
+    Each of ``declarations`` is a record's :data:`DECLARED`: its list, that list as JSON text, or
+    nothing (None, NaN: a record without one declares none)."""
+    merged: dict[str, Quantity] = {}
+    for value in declarations:
+        if isinstance(value, str):
+            value = json.loads(value)
+        if not isinstance(value, list):
+            continue
+        for entry in value:
+            quantity = Quantity(
+                entry["name"], entry["label"], bool(entry["percent"]), bound=entry["bound"]
+            )
+            merged.setdefault(quantity.name, quantity)
+    return merged

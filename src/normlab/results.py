@@ -8,6 +8,7 @@ torch nor Hydra.
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from normlab.files import RunLock
+from normlab.quantities import DECLARED
 from normlab.records import (
     FINAL_STATUSES,
     METRICS_FILE,
@@ -56,6 +58,8 @@ def _run_row(run_dir: Path) -> dict[str, Any]:
     summary = read_summary(run_dir)
     row: dict[str, Any] = {f"config.{k}": v for k, v in flatten(read_config(run_dir)).items()}
     row.update({k: v for k, v in summary.items() if not isinstance(v, Mapping)})
+    if isinstance(summary.get(DECLARED), list):  # JSON text: a column of hashable cells
+        row[DECLARED] = json.dumps(summary[DECLARED])
     for group in ("final", "best"):
         row.update(summary.get(group, {}))
     row.update(flatten(summary.get("versions") or {}, "versions."))
@@ -73,7 +77,8 @@ def _run_row(run_dir: Path) -> dict[str, Any]:
 
 
 def load_runs(*roots: str | Path) -> pd.DataFrame:
-    """One row per run: status, final and best metrics, timing, and the config as
+    """One row per run: status, final and best metrics, timing, the quantities its mode
+    declares (JSON text, read by :func:`normlab.quantities.declared`), and the config as
     ``config.<dotted key>`` columns."""
     rows = [legacy_fields(_run_row(d)) for d in find_runs(*roots)]
     frame = pd.DataFrame(rows)

@@ -70,7 +70,9 @@ class RunningStatsNorm(nn.Module):
     # True: channels never interact, so independent batches may be stacked along the channel
     # dim of a widened copy (normlab.evaluation); a layer mixing channels leaves it False
     channel_separable: ClassVar[bool] = False
-    clips: ClassVar[bool] = False  # whether diagnostics carry r/d clip fractions
+    # the diagnostics a layer that clips corrections records: per field, the fraction of
+    # channels clipped (one row each of the step's raw record, filled by the layer)
+    clip_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
@@ -85,7 +87,7 @@ class RunningStatsNorm(nn.Module):
         self._register_spread_buffer()
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
         self.track_diagnostics = True
-        self.diagnostics = NormDiagnostics(num_features, with_clipping=self.clips)
+        self.diagnostics = NormDiagnostics(num_features, self.clip_fields)
         self.compiled_step = kernels.ENABLED
 
     def _register_spread_buffer(self) -> None:

@@ -16,8 +16,8 @@ class NormDiagnostics:
     mean and RMS of the layer's input and the RMS over channels of its batch mean
     (``prenorm_mean_rms``: how far the pre-norm mean has drifted from 0), all derived from the
     batch stats with no extra pass over the data, and, for a layer that clips corrections, the
-    fractions of channels whose r or d was clipped. Nothing is copied to the host until
-    :meth:`collect`, so recording costs no device sync.
+    fraction of channels clipped per field of its ``clip_fields`` (renorm's r and d). Nothing
+    is copied to the host until :meth:`collect`, so recording costs no device sync.
 
     Each step only writes its raw statistics into one row of a preallocated buffer
     (:meth:`slot`, filled by the layer or by :meth:`record`); the ratios above are computed for
@@ -29,16 +29,15 @@ class NormDiagnostics:
 
     CHANNEL_FIELDS = ("mean_shift", "std_ratio")
     SCALAR_FIELDS = ("prenorm_mean", "prenorm_rms", "prenorm_mean_rms")
-    CLIP_FIELDS = ("r_clip_frac", "d_clip_frac")
-    # rows of one step's raw record; a clipping layer adds a row per CLIP_FIELDS entry (1: clipped)
+    # rows of one step's raw record; a clipping layer adds a row per clip field (1: clipped)
     RAW_ROWS = ("batch_mean", "batch_var", "ref_mean", "ref_std")
     FOLD_EVERY = 64
 
-    def __init__(self, num_features: int, with_clipping: bool = False) -> None:
+    def __init__(self, num_features: int, clip_fields: tuple[str, ...] = ()) -> None:
         self.num_features = num_features
-        self.with_clipping = with_clipping
-        self.fields = self.SCALAR_FIELDS + (self.CLIP_FIELDS if with_clipping else ())
-        self.rows = len(self.RAW_ROWS) + (len(self.CLIP_FIELDS) if with_clipping else 0)
+        self.clip_fields = tuple(clip_fields)
+        self.fields = self.SCALAR_FIELDS + self.clip_fields
+        self.rows = len(self.RAW_ROWS) + len(self.clip_fields)
         self._buffer: Tensor | None = None
         self._slots: tuple[Tensor, ...] = ()
         self._like: Tensor | None = None
@@ -59,7 +58,8 @@ class NormDiagnostics:
     def slot(self, like: Tensor, eps: float) -> Tensor:
         """This step's raw record, ``(rows, C)`` with ``like``'s dtype and device, for the layer
         to fill with the rows :data:`RAW_ROWS` (``ref_*``: mu and sigma before this step's
-        update; ``batch_var`` biased) and, for a clipping layer, the r and d clip indicators.
+        update; ``batch_var`` biased) and, for a clipping layer, one clip indicator per clip
+        field.
 
         ``like`` is the layer's running mean: while it is the same tensor object as at the last
         call, the buffer still fits (moving a module to another device or dtype replaces it).
@@ -91,7 +91,7 @@ class NormDiagnostics:
         ref_mean: Tensor,
         ref_std: Tensor,
         eps: float,
-        clipped: tuple[Tensor, Tensor] = (),
+        clipped: tuple[Tensor, ...] = (),
     ) -> None:
         """Write one step's record from separate tensors (none may require grad)."""
         rows = (
@@ -126,7 +126,7 @@ class NormDiagnostics:
         rms = (batch_var + batch_mean.square()).mean(dim=-1).sqrt_()
         mean_rms = batch_mean.square().mean(dim=-1).sqrt_()
         scalars = [batch_mean.mean(dim=-1), rms, mean_rms]
-        if self.with_clipping:
+        if self.clip_fields:
             scalars.extend(raw[:, len(self.RAW_ROWS) :].mean(dim=-1).unbind(1))
         self._scalar_sums += torch.stack(scalars, dim=1).sum(dim=0)
 

@@ -3,7 +3,9 @@ user brings from outside the package.
 
 A :class:`Mode` is everything about one mode that the rest of normlab derives from: the layer
 class, its options (a dataclass, see :mod:`normlab.norms.options`), how its runs are drawn
-(:class:`Style`), its extra wandb tags and the fields it adds to a run's record. Which layer
+(:class:`Style`), its extra wandb tags, the fields it adds to a run's record and the per-step
+quantities its runs log beyond every mode's (:class:`~normlab.quantities.Quantity`, each with
+the schedule it is drawn against), which each run's record declares. Which layer
 attributes follow schedules, and from which config node, is the layer class's own
 ``schedules`` (:class:`~normlab.norms.base.Scheduled`): ``momentum`` from the run's
 ``momentum`` node, a mode's own (renorm's ``rmax``) from its option of that name
@@ -30,6 +32,7 @@ from torch import nn
 from normlab.errors import ConfigError
 from normlab.norms import options as opts
 from normlab.norms.base import RunningStatsNorm, Scheduled
+from normlab.quantities import DECLARED, Quantity
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class Mode:
     ``label(options)`` names the style a run is drawn under (default: the mode's first style);
     ``tags(options)`` gives extra wandb tags; ``record(options, batch_size)`` extra fields for
     the run's ``summary.json`` (written where the mode is built, read by the figures).
+    ``quantities`` are the per-step columns the mode's layers log beyond every mode's, each
+    drawn against its ``bound``, one of the layer's schedules (a run's record declares them).
     """
 
     name: str
@@ -57,6 +62,7 @@ class Mode:
     label: Callable[[Any], str] | None = None
     tags: Callable[[Any], list[str]] | None = None
     record: Callable[[Any, int], dict[str, Any]] | None = None
+    quantities: tuple[Quantity, ...] = ()
 
     def schema(self) -> type:
         """The structured config ``conf/norm/NAME.yaml`` extends (:func:`options.config_schema`)."""
@@ -71,6 +77,13 @@ def register(mode: Mode) -> Mode:
         raise ValueError(f"normalization mode {mode.name!r} is registered twice")
     if not dataclasses.is_dataclass(mode.options):
         raise TypeError(f"{mode.name}: options must be a dataclass, got {mode.options!r}")
+    schedules = getattr(mode.layer, "schedules", {})
+    for quantity in mode.quantities:
+        if quantity.bound is not None and quantity.bound not in schedules:
+            raise ValueError(
+                f"{mode.name}: {quantity.name} is drawn against {quantity.bound!r}, which is not "
+                f"one of {mode.layer.__name__}'s schedules ({', '.join(schedules)})"
+            )
     _MODES[mode.name] = mode
     return mode
 
@@ -188,9 +201,11 @@ class NormChoice:
 
     def record(self, batch_size: int) -> dict[str, Any]:
         """Fields for ``summary.json``: the drawn label, the number of examples behind each
-        batch statistic, and whatever the mode adds."""
+        batch statistic, the quantities the mode declares (if any) and whatever it adds."""
         fields: dict[str, Any] = {"norm_label": self.label(), "statistics_batch_size": batch_size}
         mode = self.registered
+        if mode and mode.quantities:
+            fields[DECLARED] = [q.declaration() for q in mode.quantities]
         if mode and mode.record:
             fields.update(mode.record(self.options, batch_size))
         return fields

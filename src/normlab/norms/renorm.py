@@ -19,7 +19,15 @@ from normlab.norms.stats import (
     stats_keeping_centered,
     values_per_channel,
 )
+from normlab.quantities import Quantity
 from normlab.schedules import ScheduleConfig
+
+# What renorm's runs log beyond every mode's: the fractions of channels whose r and d were
+# clipped, each against its bound's schedule (the layer records them, the figures draw them).
+CLIPPED = (
+    Quantity("r_clip_frac", "r clipped (% of channels)", percent=True, bound="rmax"),
+    Quantity("d_clip_frac", "d clipped (% of channels)", percent=True, bound="dmax"),
+)
 
 
 class BatchRenorm(RunningStatsNorm):
@@ -52,7 +60,7 @@ class BatchRenorm(RunningStatsNorm):
     }
     records_diagnostics = True
     channel_separable = True
-    clips = True
+    clip_fields = tuple(q.name for q in CLIPPED)  # r, then d: the order train_forward records
 
     def __init__(
         self,
@@ -166,5 +174,6 @@ MODE = register(
         layer=BatchRenorm,
         options=RenormOptions,
         styles=(Style("renorm", "#009E73", "^"),),
+        quantities=CLIPPED,
     )
 )

@@ -12,7 +12,8 @@ Reads ``results/runs/...`` through :mod:`normlab.results` and writes, as PNG (20
   intervals, the diverged runs' loss and parameter norm, and the bias/mean drift before a
   blow-up from ``trace.csv`` (Ioffe & Szegedy 2015, §2);
 - ``decay_schedules``: accuracy and statistics mismatch over training per momentum schedule;
-- ``renorm_internals``: fraction of clipped r and d against the rmax/dmax schedule;
+- ``mode_internals``: the quantities a mode declares against their bounds' schedules (renorm:
+  fraction of clipped r and d against the rmax/dmax schedule);
 - ``precise_statistics``: EMA against precisely recomputed population statistics (Wu &
   Johnson 2021) and their paired difference;
 - ``ghost_batch``: accuracy against the statistics batch size of ghost batch norm;
@@ -39,7 +40,6 @@ from normlab.plots.accuracy import (
 )
 from normlab.plots.channels import plot_accuracy_vs_values_per_channel
 from normlab.plots.cli import FIGURES, main, make_figures, plot_results
-from normlab.plots.clipping import plot_renorm_internals
 from normlab.plots.decay import plot_decay_schedules
 from normlab.plots.divergence import (
     plot_blowup_mechanism,
@@ -55,13 +55,14 @@ from normlab.plots.frames import (
     divergence_table_frame,
     final_stats,
     ghost_batch_frame,
+    mode_internals_frame,
     precise_statistics_frame,
-    renorm_internals_frame,
     traced_runs,
     train_eval_gap_frame,
     values_per_channel_frame,
 )
 from normlab.plots.ghost import plot_ghost_batch
+from normlab.plots.internals import plot_mode_internals
 from normlab.plots.precise import plot_precise_statistics
 from normlab.plots.run import run_figure
 from normlab.plots.runs import Need, Skip
@@ -82,6 +83,7 @@ __all__ = [
     "ghost_batch_frame",
     "main",
     "make_figures",
+    "mode_internals_frame",
     "palette",
     "plot_accuracy_vs_batch_size",
     "plot_accuracy_vs_step",
@@ -92,13 +94,12 @@ __all__ = [
     "plot_divergence",
     "plot_divergence_traces",
     "plot_ghost_batch",
+    "plot_mode_internals",
     "plot_precise_statistics",
-    "plot_renorm_internals",
     "plot_results",
     "plot_train_eval_gap",
     "precise_statistics_frame",
     "prepare_runs",
-    "renorm_internals_frame",
     "run_figure",
     "save_figure",
     "skipped_runs",

@@ -24,7 +24,6 @@ from normlab.plots.accuracy import (
     plot_train_eval_gap,
 )
 from normlab.plots.channels import plot_accuracy_vs_values_per_channel
-from normlab.plots.clipping import plot_renorm_internals
 from normlab.plots.decay import plot_decay_schedules
 from normlab.plots.divergence import (
     plot_blowup_mechanism,
@@ -33,6 +32,7 @@ from normlab.plots.divergence import (
 )
 from normlab.plots.frames import divergence_table_frame
 from normlab.plots.ghost import plot_ghost_batch
+from normlab.plots.internals import plot_mode_internals
 from normlab.plots.precise import plot_precise_statistics
 from normlab.plots.runs import Skip
 from normlab.plots.style import save_figure
@@ -55,7 +55,7 @@ FIGURES: dict[str, Callable[[pd.DataFrame, pd.DataFrame | None], Figure]] = {
     "divergence_traces": plot_divergence_traces,
     "blowup_mechanism": plot_blowup_mechanism,
     "decay_schedules": plot_decay_schedules,
-    "renorm_internals": plot_renorm_internals,
+    "mode_internals": plot_mode_internals,
     "precise_statistics": plot_precise_statistics,
     "ghost_batch": plot_ghost_batch,
 }

@@ -14,7 +14,8 @@ are those needs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,7 +32,7 @@ from normlab.grouping import (
 )
 from normlab.plots.runs import Need, logs, order
 from normlab.plots.style import label_rank
-from normlab.quantities import drawn_in
+from normlab.quantities import DECLARED, Quantity, declared, drawn_in
 from normlab.records import SETTING_KEYS
 from normlab.results import load_traces
 
@@ -48,7 +49,6 @@ DIVERGENCE_KEYS = {
 }
 TRACE_METRICS = drawn_in("blowup_mechanism")
 
-CLIPPING = Need("runs that log r/d clipping (an r_clip_frac column)", logs("r_clip_frac"))
 PRECISE = Need(
     "runs that recomputed precise statistics (val_acc_precise logged)", logs("val_acc_precise")
 )
@@ -202,22 +202,51 @@ def decay_schedules_frame(runs: pd.DataFrame, metrics: pd.DataFrame | None = Non
     )
 
 
-def clipping_runs(runs: pd.DataFrame) -> list[str]:
-    """``run_dir`` of the used runs that log r/d clipping (:data:`CLIPPING`)."""
+def bounded(declarations: Iterable[Any]) -> dict[str, Quantity]:
+    """The quantities these records' modes declare (:data:`~normlab.quantities.DECLARED`) that
+    are drawn against a bound, by name, in the order first declared."""
+    return {n: q for n, q in declared(declarations).items() if q.bound is not None}
+
+
+def declares(used: pd.DataFrame, name: str) -> pd.Series:
+    """Runs whose mode declares ``name`` with a bound."""
+    return column_of(used, DECLARED).map(lambda value: name in bounded([value])).astype(bool)
+
+
+def _logs_internals(used: pd.DataFrame) -> pd.Series:
+    """Runs whose mode declares a quantity with a bound and that log a final value of it."""
+    keep = pd.Series(False, index=used.index)
+    for name in bounded(column_of(used, DECLARED)):
+        keep |= declares(used, name) & logs(name)(used)
+    return keep
+
+
+INTERNALS = Need(
+    f"runs that log a quantity their mode declares with a bound ({DECLARED} in summary.json)",
+    _logs_internals,
+)
+
+
+def internals_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The used runs that log a quantity their mode declares with a bound (:data:`INTERNALS`)."""
     used = prepare_runs(runs)
-    return [] if used.empty else used.loc[CLIPPING.keep(used), "run_dir"].tolist()
+    return used if used.empty else used.loc[INTERNALS.keep(used)]
 
 
-def renorm_internals_frame(runs: pd.DataFrame, metrics: pd.DataFrame | None = None) -> pd.DataFrame:
-    """For the runs that log r/d clipping: ``r_clip_frac``, ``d_clip_frac``, ``rmax``, ``dmax``
-    per (label, setting, batch size, metric, step), over non-diverged seeds."""
-    clipped = set(clipping_runs(runs))
+def mode_internals_frame(runs: pd.DataFrame, metrics: pd.DataFrame | None = None) -> pd.DataFrame:
+    """For :func:`internals_runs`: each quantity their modes declare with a bound (renorm's
+    ``r_clip_frac``, ``d_clip_frac``) and each bound (``rmax``, ``dmax``), per (label, setting,
+    batch size, metric, step), over non-diverged seeds."""
+    used = internals_runs(runs)
+    quantities = bounded(column_of(used, DECLARED)).values()
+    names = dict.fromkeys(name for q in quantities for name in (q.name, q.bound))
+    kept = set(used["run_dir"])
     return _trace_frame(
         runs,
         metrics,
-        drawn_in("renorm_internals"),
+        list(names),
         ["mode", "setting", "batch_size"],
-        keep=lambda rows: rows["run_dir"].isin(clipped),
+        keep=lambda rows: rows["run_dir"].isin(kept),
     )
 
 

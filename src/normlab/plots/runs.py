@@ -24,7 +24,7 @@ class Skip(Exception):  # not an error: the results do not hold what a figure ne
 
 @dataclass(frozen=True)
 class Need:
-    """The runs a figure draws: ``text`` names them ("runs that log r/d clipping"), ``keep``
+    """The runs a figure draws: ``text`` names them ("runs with ghost batches"), ``keep``
     picks them from prepared runs."""
 
     text: str
