@@ -97,14 +97,27 @@ def complete(run_dir: Path, dry_run: bool) -> list[str]:
     """The fields of its mode's record (:meth:`NormChoice.record`) that a current-version
     record's ``summary.json`` lacks, added unless ``dry_run``."""
     summary, config = read_summary(run_dir), read_config(run_dir)
-    if not summary or "_target_" in config["norm"]:
+    if (
+        not summary
+        or "_target_" in config["norm"]
+        or config["norm"]["mode"] not in registry.names()
+    ):
         return []
-    norm = registry.choose(config["norm"])
-    fields = norm.record(config["batch_size"])
+    fields = _own_norm(config["norm"]).record(config["batch_size"])
+    if summary.get("divergence_signal") == LEGACY_GROWTH_SIGNAL:
+        fields["param_norm_growth_step"] = summary.get("divergence_step")
     missing = {k: v for k, v in fields.items() if k not in summary}
     if missing and not dry_run:
         write_summary(run_dir, {**summary, **missing})
     return sorted(missing)
+
+
+def _own_norm(node: dict[str, Any]) -> registry.NormChoice:
+    """The registered mode of a ``norm`` node, of whatever version: a version-1 node holds every
+    option of every mode, of which the mode's own are kept."""
+    mode = node["mode"]
+    own = option_names(registry.get(mode).options)
+    return registry.choose({"mode": mode, **{k: v for k, v in node.items() if k in own}})
 
 
 def _current_summary(

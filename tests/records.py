@@ -54,3 +54,14 @@ def norm_node(mode: str, virtual_batch_size: int | None = None, **options: Any) 
         node.update(update="before", grad_through_batch=False)
     node.update(options)
     return node
+
+
+def migration_script():
+    """``scripts/migrate_records.py`` as a module (scripts/ is no package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "migrate_records.py"
+    spec = importlib.util.spec_from_file_location("migrate_records", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -17,7 +17,7 @@ from statistics import mean, stdev
 import pandas as pd
 import pytest
 import yaml
-from records import RUNNING_STATS, norm_node, write_record
+from records import RUNNING_STATS, migration_script, norm_node, write_record
 
 from normlab import plots
 from normlab.norms import registry
@@ -909,7 +909,7 @@ def test_blowup_mechanism_draws_blow_ups_beside_runs_of_their_setting(tmp_path, 
 # ----------------------------------------------------------------------------- records, styles
 
 
-def test_old_records_get_their_label_and_statistics_from_the_registry(tmp_path):
+def test_old_records_get_their_label_and_statistics_from_the_migration(tmp_path):
     """Records written before ``norm_label``: every option of every mode in config.yaml."""
     every_option = {
         "mode": "batch",
@@ -932,6 +932,7 @@ def test_old_records_get_their_label_and_statistics_from_the_registry(tmp_path):
         for key in ("norm_label", "statistics_batch_size"):
             summary.pop(key)
         json_dump(run_dir / "summary.json", summary)
+        migration_script().complete(run_dir, dry_run=False)
     used = plots.prepare_runs(load_runs(tmp_path)).set_index("mode")
     assert used.loc["batch (ghost)", "statistics_batch_size"] == 8
     assert used.loc["moving_average (grad through batch)", "statistics_batch_size"] == 32

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pandas as pd
-from records import write_record
+from records import migration_script, write_record
 
 from normlab.results import load_metrics, load_runs, load_traces
 
@@ -40,7 +40,7 @@ def _old_record(root, run_id, norm, summary):
     return write_record(root, "old", run_id, config, {**base, **summary}, rows)
 
 
-def test_old_records_get_label_and_statistics_batch_size_from_the_registry(tmp_path):
+def test_old_records_get_label_and_statistics_batch_size_from_the_migration(tmp_path):
     every = {"eps": 1e-5, "groups": 8, "grad_through_batch": False, "alpha_fwd": 0.999}
     _old_record(tmp_path, "ghost", {**every, "mode": "batch", "virtual_batch_size": 4}, {})
     _old_record(tmp_path, "plain", {**every, "mode": "batch", "virtual_batch_size": None}, {})
@@ -49,6 +49,9 @@ def test_old_records_get_label_and_statistics_batch_size_from_the_registry(tmp_p
     _old_record(tmp_path, "outside", {"mode": "mine", "_target_": "my.Norm"}, {})
     stopped = {"status": "diverged", "divergence_signal": "param_norm", "divergence_step": 70}
     _old_record(tmp_path, "grown", {**every, "mode": "batch"}, stopped)
+    script = migration_script()
+    for run_dir in sorted((tmp_path / "runs" / "old").iterdir()):
+        script.complete(run_dir, dry_run=False)
     runs = load_runs(tmp_path).set_index("run_id")
     assert runs.loc["ghost", "norm_label"] == "batch (ghost)"
     assert runs.loc["ghost", "statistics_batch_size"] == 4

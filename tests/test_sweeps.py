@@ -328,8 +328,7 @@ def test_submitit_preemption_hook_checkpoints_the_running_trainer_then_requeues(
 
     from hydra_plugins.normlab_launcher.normlab_launcher import CheckpointingLocalLauncher
     from normlab.checkpoint import load_checkpoint
-    from normlab.records import CHECKPOINT_FILE
-    from normlab.loggers import RunRecord
+    from normlab.records import CHECKPOINT_FILE, RunRecord
     from normlab.signals import SignalGuard
     from normlab.train import build_run_model, load_run_data
     from normlab.trainer import Trainer
