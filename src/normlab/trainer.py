@@ -1,7 +1,9 @@
 """The one training loop every normalization mode shares, and what it measures.
 
 Per step: schedules set the learning rate and the norm layers' scheduled attributes (momentum,
-rmax/dmax...), one SGD/AdamW step runs on a batch drawn by the sampler, and the loss and
+rmax/dmax...) and, from the run's switch step on (``norm.switch_at``, :func:`switch_step`), the
+layers' statistics to their population ones; one SGD/AdamW step runs on a batch drawn by the
+sampler, and the loss and
 accuracy are accumulated on the device. Every ``divergence.check_every`` steps the losses and the
 parameter norm are read back and checked for a blow-up. Every ``eval_every`` steps (and at step
 0 and at the end) a row of metrics is logged: training loss/accuracy, gradient and parameter
@@ -61,6 +63,13 @@ def eval_interval(run: RunConfig, total: int) -> int:
     return max(1, total // run.num_evals)
 
 
+def switch_step(run: RunConfig, total: int) -> int | None:
+    """The first step trained with population statistics (``round(switch_at * total)``; the
+    total itself: none is), or None for a run that never switches."""
+    at = run.norm.switch.switch_at
+    return None if at is None else round(at * total)
+
+
 def layer_schedules(
     run: RunConfig, layers: Iterable[nn.Module]
 ) -> dict[str, tuple[Schedule, list[nn.Module]]]:
@@ -108,6 +117,9 @@ class Trainer:
         self.params = list(model.parameters())
         self.biases = prenorm_biases(model)
         self.schedules = layer_schedules(run, self.norms.values())
+        self.switch_step = switch_step(run, self.total)
+        for layer in self.norms.values():
+            layer.track_running = not run.norm.switch.switch_freeze
         div = run.divergence
         self.detector = DivergenceDetector(
             div.loss_factor, div.param_norm_factor, div.activation_bound
@@ -246,13 +258,22 @@ class Trainer:
             for layer in layers:
                 if getattr(layer, attribute) != value:
                     setattr(layer, attribute, value)
+        if "uses_population" in values:
+            statistics = "population" if values["uses_population"] else "batch"
+            for layer in self.norms.values():
+                if layer.statistics != statistics:
+                    layer.statistics = statistics
         return values["lr"]
 
     def _schedule_values(self, step: int) -> dict[str, float]:
-        """The learning rate, and each scheduled layer attribute, that ``step`` trained with."""
+        """The learning rate, each scheduled layer attribute and, for a run that switches,
+        whether the layers used population statistics (1) or batch statistics (0), that
+        ``step`` trained with."""
         values = {"lr": self.base_lr * lr_factor(step, self.total, self.run)}
         for attribute, (schedule, _) in self.schedules.items():
             values[attribute] = schedule(step, self.total)
+        if self.switch_step is not None:
+            values["uses_population"] = float(step >= self.switch_step)
         return values
 
     def _check_divergence(self) -> None:
@@ -374,6 +395,7 @@ class Trainer:
             "values_per_channel_min": min(self.values_per_channel.values(), default=None),
             "final": final,
             "best": {f"best_{k}": v for k, v in self.best.items()},
+            **({"switch_step": self.switch_step} if self.switch_step is not None else {}),
             **self.detector.summary(),
             **(self.divergence.as_dict() if self.divergence else {}),
             **({"stop_signal": self.stop_signal} if self.stop_signal else {}),

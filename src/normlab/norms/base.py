@@ -9,6 +9,12 @@ recalibration (:mod:`normlab.precise_bn`, through :meth:`update_running`). It im
 batch statistics anyway) sets ``records_diagnostics = True``, otherwise the base records them
 before each training step.
 
+``statistics`` says which statistics a training-mode forward normalizes with: ``"batch"`` (the
+layer's own :meth:`train_forward`) or ``"population"`` (the running statistics, as in eval,
+gradients through no statistic; a trainer switches to it at ``norm.switch_at``). With
+population statistics the running statistics still absorb each batch (:meth:`absorb`, after the
+batch is normalized) unless ``track_running`` is False (``norm.switch_freeze``).
+
 Conventions:
 
 * ``momentum`` is the weight of the new batch (PyTorch's convention): ``running = (1 -
@@ -31,7 +37,7 @@ from torch import Tensor, nn
 
 from normlab.norms import kernels
 from normlab.norms.diagnostics import NormDiagnostics
-from normlab.norms.stats import batch_stats, unbiased
+from normlab.norms.stats import batch_stats, unbiased, values_per_channel
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,9 @@ class Scheduled:
         if not self.low <= value <= self.high:
             raise ValueError(f"{name} must be in [{self.low:g}, {self.high:g}], got {value}")
         return value
+
+
+STATISTICS = ("batch", "population")
 
 
 def check_positive(name: str, value: float) -> float:
@@ -87,6 +96,8 @@ class RunningStatsNorm(nn.Module):
         self._register_spread_buffer()
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
         self.track_diagnostics = True
+        self.statistics = "batch"
+        self.track_running = True
         self.diagnostics = NormDiagnostics(num_features, self.clip_fields)
         self.compiled_step = kernels.ENABLED
 
@@ -100,6 +111,16 @@ class RunningStatsNorm(nn.Module):
     @momentum.setter
     def momentum(self, value: float) -> None:
         self._momentum = RunningStatsNorm.schedules["momentum"].checked("momentum", value)
+
+    @property
+    def statistics(self) -> str:
+        return self._statistics
+
+    @statistics.setter
+    def statistics(self, value: str) -> None:
+        if value not in STATISTICS:
+            raise ValueError(f"statistics must be one of {', '.join(STATISTICS)}, got {value!r}")
+        self._statistics = value
 
     @property
     def compiled_step(self) -> bool:
@@ -125,6 +146,8 @@ class RunningStatsNorm(nn.Module):
                 return self.forward(x.to(weight.dtype)).to(x.dtype)
         if not self.training:
             return self.eval_forward(x)
+        if self._statistics == "population":
+            return self.population_forward(x)
         if self.track_diagnostics and not self.records_diagnostics:
             self._record(*batch_stats(x))
         return self.train_forward(x)
@@ -136,6 +159,29 @@ class RunningStatsNorm(nn.Module):
     def eval_forward(self, x: Tensor) -> Tensor:
         mean, var = self.population_stats()
         return F.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
+
+    def population_forward(self, x: Tensor) -> Tensor:
+        """The training-mode forward with population statistics: the batch normalized with the
+        running statistics as they were before it, then absorbed unless ``track_running`` is
+        off. The statistics are copies: autograd keeps what the forward read, and the buffers
+        change in place afterwards."""
+        with torch.no_grad():
+            mean, var = batch_stats(x)
+            # a clipping layer applies no r or d with population statistics: nothing is clipped
+            unclipped = (torch.zeros_like(mean, dtype=torch.bool),) * len(self.clip_fields)
+            self._record(mean, var, unclipped)
+            used_mean, used_var = (s.clone() for s in self.population_stats())
+        y = F.batch_norm(x, used_mean, used_var, self.weight, self.bias, False, 0.0, self.eps)
+        if self.track_running:
+            self.absorb(x, mean, var)
+        return y
+
+    @torch.no_grad()
+    def absorb(self, x: Tensor, mean: Tensor, var: Tensor) -> None:
+        """Take batch ``x`` (its ``mean`` and biased ``var``) into the running statistics without
+        normalizing it: :meth:`update_running`, the layer's EMA step (a layer whose statistics
+        follow another rule overrides this)."""
+        self.update_running(mean, var, values_per_channel(x))
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() < 2 or x.shape[1] != self.num_features:

@@ -324,11 +324,19 @@ class OnlineNorm(RunningStatsNorm):
         )
         return out.view(x.shape)
 
+    @torch.no_grad()
+    def absorb(self, x: Tensor, mean: Tensor, var: Tensor) -> None:
+        """The training step's per-sample recurrence (``alpha_fwd``), not a per-batch EMA."""
+        samples = x.reshape(x.shape[0], x.shape[1], -1).contiguous()
+        sample_mean, sample_var, _ = _per_sample_moments(samples)
+        self._streaming_stats(sample_mean, sample_var, record=False)
+
     def _streaming_stats(
-        self, sample_mean: Tensor, sample_var: Tensor
+        self, sample_mean: Tensor, sample_var: Tensor, record: bool = True
     ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
         """Per sample (N, C): the mean and variance used, and the mean and mean square of y.
-        Updates the running buffers to the state after the last sample."""
+        Updates the running buffers to the state after the last sample; ``record``: the
+        batch's diagnostics too."""
         a = 1.0 if self.momentum == 0 else self.alpha_fwd
         means = linear_scan(a, _with_initial(self.running_mean, (1 - a) * sample_mean))
         mean_used = means[:-1]
@@ -339,7 +347,7 @@ class OnlineNorm(RunningStatsNorm):
         inv_var = torch.reciprocal(var_used + self.eps)
         y_mean = shift * inv_var.sqrt()
         y_sq_mean = (sample_var + shift.square()).mul_(inv_var)
-        if self.track_diagnostics:
+        if record and self.track_diagnostics:
             batch_mean = sample_mean.mean(dim=0)
             batch_var = sample_var.mean(dim=0) + (sample_mean - batch_mean).square().mean(dim=0)
             self._record(batch_mean, batch_var)

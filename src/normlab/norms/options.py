@@ -69,8 +69,24 @@ def one_of(*values: Any) -> Allowed:
     return Allowed(f"one of {', '.join(map(str, values))}", lambda v: v in values)
 
 
+def closed_interval(low: float, high: float) -> Allowed:
+    return Allowed(f"a number in [{low:g}, {high:g}]", lambda v: low <= v <= high)
+
+
 def optional(allowed: Allowed) -> Allowed:
     return Allowed(f"null or {allowed.text}", lambda v: v is None or allowed(v))
+
+
+@dataclass(frozen=True)
+class SwitchOptions:
+    """Options every running-statistics mode takes, whatever its own: at the fraction
+    ``switch_at`` of training (null: never) its layers switch from the statistics of each batch
+    to their population statistics (Wu & Johnson 2021, arXiv 2105.07576, FrozenBN), and
+    ``switch_freeze`` stops the running statistics from absorbing batches after the switch. The
+    trainer carries the switch out (:mod:`normlab.trainer`)."""
+
+    switch_at: float | None = option(None, optional(closed_interval(0.0, 1.0)))
+    switch_freeze: bool = option(False)
 
 
 @dataclass(frozen=True)
@@ -87,12 +103,14 @@ def option_names(cls: type) -> tuple[str, ...]:
 
 
 def config_schema(mode: str, cls: type) -> type:
-    """A structured config for Hydra (``conf/norm/NAME.yaml`` extends it): ``mode`` and every
+    """A structured config for Hydra (``conf/norm/NAME.yaml`` extends it): ``mode``, every
     option with its type and default, so a YAML need not repeat them and every option can be
-    overridden on the command line."""
-    hints = typing.get_type_hints(cls)
+    overridden on the command line, and the :class:`SwitchOptions` (every mode's node holds
+    them, so that a mode without running statistics refuses them with its own message)."""
     specs = [("mode", str, field(default=mode))]
-    specs += [(f.name, hints[f.name], _schema_field(f)) for f in dataclasses.fields(cls)]
+    for options in (cls, SwitchOptions):
+        hints = typing.get_type_hints(options)
+        specs += [(f.name, hints[f.name], _schema_field(f)) for f in dataclasses.fields(options)]
     name = "".join(part.title() for part in mode.split("_")) + "NormConfig"
     return dataclasses.make_dataclass(name, specs)
 

@@ -17,6 +17,11 @@ A run's norm config node becomes a :class:`NormChoice` through :func:`choose`: e
 ``mode: NAME`` of a registered mode with its options, or ``_target_: package.module.Class``
 with the class's keyword options (a file ``NAME.yaml`` in the ``norm`` group of a user's config
 directory), built as ``Class(num_features, **options)`` with Hydra's ``instantiate``.
+
+Every mode whose layer is a :class:`~normlab.norms.base.RunningStatsNorm` also takes the
+:class:`~normlab.norms.options.SwitchOptions` (``norm.switch_at``, ``norm.switch_freeze``): they
+are the choice's ``switch``, never the layer's keywords, and appear in the run's record only
+when set away from their defaults (so no earlier run's id changes).
 """
 
 from __future__ import annotations
@@ -134,12 +139,14 @@ def label_order() -> tuple[str, ...]:
 @dataclass(frozen=True)
 class NormChoice:
     """A run's validated normalization: its mode name, options and, for a mode from outside
-    the package, the class it names (``target``, ``options`` then a dict of its keywords)."""
+    the package, the class it names (``target``, ``options`` then a dict of its keywords);
+    ``switch``: when its running-statistics layers switch to population statistics."""
 
     mode: str
     options: Any
     target: str | None = None
     layer_class: type = field(default=nn.Module, compare=False, repr=False)
+    switch: opts.SwitchOptions = field(default_factory=opts.SwitchOptions)
 
     @property
     def registered(self) -> Mode | None:
@@ -181,13 +188,24 @@ class NormChoice:
             k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
             for k, v in self.options_dict().items()
         }
-        return {**node, **options}
+        return {**node, **options, **self.switch_set()}
+
+    def switch_set(self) -> dict[str, Any]:
+        """The switch options set away from their defaults."""
+        default = opts.SwitchOptions()
+        return {
+            f.name: getattr(self.switch, f.name)
+            for f in dataclasses.fields(self.switch)
+            if getattr(self.switch, f.name) != getattr(default, f.name)
+        }
 
     def default(self) -> NormChoice:
         """The same mode with every option at its default (for a stable run id)."""
+        switch = opts.SwitchOptions()
         if self.target:
-            return dataclasses.replace(self, options=_signature_defaults(self.layer_class))
-        return dataclasses.replace(self, options=self.options.__class__())
+            defaults = _signature_defaults(self.layer_class)
+            return dataclasses.replace(self, options=defaults, switch=switch)
+        return dataclasses.replace(self, options=self.options.__class__(), switch=switch)
 
     def label(self) -> str:
         mode = self.registered
@@ -228,20 +246,22 @@ def choose(node: Mapping[str, Any], name: str | None = None) -> NormChoice:
     values = dataclasses.asdict(node) if dataclasses.is_dataclass(node) else dict(node)
     target = values.pop("_target_", None)
     mode = values.pop("mode", None) or name
+    switch_values = {k: values.pop(k) for k in opts.option_names(opts.SwitchOptions) if k in values}
     if target is None:
         if mode not in _MODES:
             raise ConfigError(
                 "norm.mode", mode, f"one of {', '.join(_MODES)}, or a norm config with _target_"
             )
         registered = _MODES[mode]
-        return NormChoice(
-            mode, opts.parse(registered.options, values, "norm"), None, registered.layer
-        )
+        options = opts.parse(registered.options, values, "norm")
+        switch = _switch(switch_values, registered.layer)
+        return NormChoice(mode, options, None, registered.layer, switch)
     if not mode:
         raise ConfigError("norm", target, "a config chosen by name (norm=NAME) or with norm.mode")
     if mode in _MODES:
         raise ConfigError("norm.mode", mode, f"a name no registered mode has ({', '.join(_MODES)})")
     cls = _import_class(target)
+    switch = _switch(switch_values, cls)
     schedules = own_schedules(cls)
     _check_keywords(cls, target, {k: v for k, v in values.items() if k not in schedules})
     for name in sorted(schedules):
@@ -250,7 +270,22 @@ def choose(node: Mapping[str, Any], name: str | None = None) -> NormChoice:
             allowed = f"a schedule of {name}, which {target} follows (kind, value, start, ...)"
             raise ConfigError(f"norm.{name}", values.get(name), allowed)
         values[name] = schedule
-    return NormChoice(str(mode), values, str(target), cls)
+    return NormChoice(str(mode), values, str(target), cls, switch)
+
+
+def _switch(values: Mapping[str, Any], layer_class: type) -> opts.SwitchOptions:
+    """The switch options of a mode whose layers are ``layer_class``: only a running-statistics
+    layer has population statistics to switch to, and freezing needs a switch."""
+    switch = opts.parse(opts.SwitchOptions, values, "norm")
+    if not issubclass(layer_class, RunningStatsNorm):
+        for key, value in values.items():
+            if value != getattr(opts.SwitchOptions(), key):
+                modes = [m.name for m in _MODES.values() if issubclass(m.layer, RunningStatsNorm)]
+                allowed = f"unset: only running-statistics modes ({', '.join(modes)}) switch"
+                raise ConfigError(f"norm.{key}", value, allowed)
+    if switch.switch_freeze and switch.switch_at is None:
+        raise ConfigError("norm.switch_freeze", True, "false unless norm.switch_at is set")
+    return switch
 
 
 def own_schedules(layer_class: type) -> set[str]:
