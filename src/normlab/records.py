@@ -266,7 +266,3 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
-
-
-def is_finished(summary: Mapping[str, Any]) -> bool:
-    return summary.get("status") in FINISHED

@@ -48,12 +48,6 @@ def scheduled(**default: Any) -> Any:
     return field(default_factory=lambda: ScheduleConfig(**default), metadata={"allowed": None})
 
 
-def schedule_fields(cls: type) -> tuple[str, ...]:
-    """The options of ``cls`` that are schedules, not constructor arguments."""
-    hints = typing.get_type_hints(cls)
-    return tuple(f.name for f in dataclasses.fields(cls) if hints[f.name] is ScheduleConfig)
-
-
 positive = Allowed("a number > 0", lambda v: v > 0)
 
 
