@@ -30,6 +30,8 @@ SKIP_REASONS = {
     "failed": "stopped by an error; see their summary.json",
 }
 EMPTY_COLUMNS = ["run_dir", "mode", "batch_size", "statistics_batch_size", "seed", "diverged"]
+CHANCE = 0.1  # accuracy at chance over 10 classes, where a record does not say how many
+CLASS_COLUMNS = ("num_classes", "config.data.num_classes")
 
 
 # ----------------------------------------------------------------------------- runs
@@ -99,6 +101,22 @@ def _has_config(runs: pd.DataFrame) -> pd.Series:
 
 def _usable(runs: pd.DataFrame) -> pd.Series:
     return runs["status"].isin(USED_STATUSES) & _has_config(runs)
+
+
+def chance(runs: pd.DataFrame) -> pd.Series:
+    """Each run's chance accuracy: ``1 / num_classes`` where its record has it, else 0.1."""
+    out = pd.Series(CHANCE, index=runs.index, dtype=float)
+    for column in reversed(CLASS_COLUMNS):
+        classes = pd.to_numeric(column_of(runs, column), errors="coerce")
+        out = out.where(~(classes > 0), 1.0 / classes)
+    return out
+
+
+def scored_accuracy(runs: pd.DataFrame, metric: str) -> pd.Series:
+    """Final ``metric`` of each prepared run, a diverged run's at its chance accuracy: a
+    failure counts as the worst outcome, never as no evidence."""
+    values = pd.to_numeric(column_of(runs, metric), errors="coerce").astype(float)
+    return values.where(~runs["diverged"].astype(bool), chance(runs))
 
 
 def varied_keys(runs: pd.DataFrame, keys: Sequence[str]) -> list[str]:

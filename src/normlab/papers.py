@@ -29,6 +29,13 @@ GN_ERROR = {
 }
 GN_REFERENCE = 32
 
+MABN_SOURCE = "Yan et al. 2020 (arXiv 2001.06838), the authors' README"
+# ResNet-50 ImageNet top-1 error by method and normalization batch (examples per statistic)
+MABN_ERROR = {"BN": {2: 35.22, 32: 23.41}, "BRN": {2: 30.29}, "MABN": {2: 23.67}}
+# the harness's mode for each of the paper's methods; MABN's is the mode the paper introduces
+MABN_MODES = {"BN": "batch", "BRN": "renorm", "MABN": "mabn"}
+MABN_MODE = MABN_MODES["MABN"]
+
 
 @dataclass(frozen=True)
 class Published:

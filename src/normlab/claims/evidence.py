@@ -23,11 +23,9 @@ from normlab import stats
 from normlab.claims.catalogue import Claim, Where
 from normlab.claims.rules import PValue
 from normlab.grouping import column_of, fmt, prepare_runs
+from normlab.grouping import scored_accuracy as accuracy
 from normlab.records import SETTING_KEYS
 from normlab.results import load_metrics, load_traces
-
-CHANCE = 0.1  # accuracy at chance over 10 classes, where a record does not say how many
-CLASS_COLUMNS = ("num_classes", "config.data.num_classes")
 
 # Runs are always compared within one study, model and data set, and at one batch size and
 # statistics batch size; the other setting keys split them where they vary (and every run sets
@@ -152,21 +150,6 @@ def applies(where: Where, runs: pd.DataFrame) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- scores
-
-
-def chance(runs: pd.DataFrame) -> pd.Series:
-    """Each run's chance accuracy: ``1 / num_classes`` where its record has it, else 0.1."""
-    out = pd.Series(CHANCE, index=runs.index, dtype=float)
-    for column in reversed(CLASS_COLUMNS):
-        classes = pd.to_numeric(column_of(runs, column), errors="coerce")
-        out = out.where(~(classes > 0), 1.0 / classes)
-    return out
-
-
-def accuracy(runs: pd.DataFrame, metric: str) -> pd.Series:
-    """Final ``metric`` of each run; a diverged run's is its chance accuracy."""
-    values = pd.to_numeric(column_of(runs, metric), errors="coerce").astype(float)
-    return values.where(~runs["diverged"], chance(runs))
 
 
 def per_seed(runs: pd.DataFrame, values: pd.Series) -> pd.Series:

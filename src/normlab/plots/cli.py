@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from normlab import stats
 from normlab.grouping import pooled_keys, prepare_runs, skipped_runs
+from normlab.plots.ablation import plot_ablation
 from normlab.plots.accuracy import (
     plot_accuracy_vs_batch_size,
     plot_accuracy_vs_step,
@@ -35,7 +36,9 @@ from normlab.plots.ghost import plot_ghost_batch
 from normlab.plots.internals import plot_mode_internals
 from normlab.plots.precise import plot_precise_statistics
 from normlab.plots.runs import Skip
+from normlab.plots.settings import plot_accuracy_by_setting, plot_schedules_by_setting
 from normlab.plots.style import save_figure
+from normlab.plots.switch import plot_switch_point
 from normlab.plots.tables import (
     has_divergence,
     summary_display,
@@ -50,14 +53,18 @@ FIGURES: dict[str, Callable[[pd.DataFrame, pd.DataFrame | None], Figure]] = {
     "accuracy_vs_step_non_iid": plot_accuracy_vs_step_non_iid,
     "accuracy_vs_batch_size": plot_accuracy_vs_batch_size,
     "accuracy_vs_values_per_channel": plot_accuracy_vs_values_per_channel,
+    "accuracy_by_setting": plot_accuracy_by_setting,
     "train_eval_gap": plot_train_eval_gap,
     "divergence": plot_divergence,
     "divergence_traces": plot_divergence_traces,
     "blowup_mechanism": plot_blowup_mechanism,
     "decay_schedules": plot_decay_schedules,
+    "schedules_by_setting": plot_schedules_by_setting,
     "mode_internals": plot_mode_internals,
     "precise_statistics": plot_precise_statistics,
     "ghost_batch": plot_ghost_batch,
+    "switch_point": plot_switch_point,
+    "ablation": plot_ablation,
 }
 
 

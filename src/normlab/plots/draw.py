@@ -244,3 +244,91 @@ def grid_shape(count: int, max_columns: int = 4) -> tuple[int, int]:
 def hide_unused(axes: np.ndarray, used: int) -> None:
     for ax in axes.flat[used:]:
         ax.set_visible(False)
+
+
+# ----------------------------------------------------------------------------- failures counted
+
+
+def failure_text() -> str:
+    return f"{stats.describe()}, all seeds"
+
+
+def failure_line(
+    ax: Axes,
+    points: pd.DataFrame,
+    x: str,
+    scale: float,
+    style: Style,
+    line: Any,
+    marker: str | None = None,
+    horizontal: bool = False,
+) -> None:
+    """Means with error bars through every point at column ``x`` (``n_diverged`` of ``n`` seeds
+    diverged and counted at chance): a filled marker (``marker``, else the style's) where none
+    diverged, a hollow one where some did, × where all did, and ``k/n`` beside each point with a
+    divergence. ``horizontal``: the means along x, ``x`` along y."""
+    at = points[x].to_numpy(float)
+    mean = points["mean"].to_numpy(float) * scale
+    low, high = points["low"].to_numpy(float) * scale, points["high"].to_numpy(float) * scale
+    error = np.vstack([mean - low, high - mean])
+    xy = (mean, at) if horizontal else (at, mean)
+    bars = {"xerr" if horizontal else "yerr": error}
+    ax.errorbar(*xy, **bars, color=style.color, linestyle=line, capsize=2)
+    diverged, n = points["n_diverged"].to_numpy(int), points["n"].to_numpy(int)
+    shape = marker or style.marker
+    hollow = {"marker": shape, "markerfacecolor": "white", "markersize": 6}
+    every = {"marker": "x", "markersize": 6, "markeredgewidth": 1.4}
+    marks = (
+        (diverged == 0, {"marker": shape}),
+        ((diverged > 0) & (diverged < n), hollow),
+        ((diverged > 0) & (diverged == n), every),
+    )
+    for where, shown in marks:
+        if where.any():
+            ax.plot(xy[0][where], xy[1][where], color=style.color, linestyle="", zorder=3, **shown)
+    for i in np.flatnonzero(diverged > 0):
+        ax.annotate(
+            f"{diverged[i]}/{n[i]}",
+            (xy[0][i], xy[1][i]),
+            xytext=(4, -9),
+            textcoords="offset points",
+            fontsize=6,
+            color=style.color,
+        )
+
+
+def chance_line(ax: Axes, chance: pd.Series, scale: float, vertical: bool = False) -> None:
+    """A dotted line at the runs' chance value (one line per distinct value)."""
+    for value in sorted(set(pd.to_numeric(chance, errors="coerce").dropna())):
+        where = ax.axvline if vertical else ax.axhline
+        where(value * scale, color="0.5", linewidth=0.7, linestyle=":", zorder=0)
+
+
+def failure_handles(chance: str = "chance") -> list[Line2D]:
+    """Legend entries for :func:`failure_line` and :func:`chance_line`."""
+    marker = {"color": NEUTRAL, "linestyle": "", "markersize": 6}
+    return [
+        Line2D([], [], marker="|", label=f"error bar: {failure_text()}", **marker),
+        Line2D(
+            [], [], marker="o", markerfacecolor="white", label="k/n diverged (at chance)", **marker
+        ),
+        Line2D([], [], marker="x", markeredgewidth=1.4, label="all seeds diverged", **marker),
+        Line2D([], [], color="0.5", linestyle=":", linewidth=0.7, label=chance),
+    ]
+
+
+def panel_grid(count: int) -> tuple[int, int]:
+    """Columns and rows of small multiples: as square as ``count`` allows, four columns at most."""
+    columns = min(4, max(1, math.ceil(math.sqrt(count))))
+    return columns, math.ceil(count / columns)
+
+
+def label_outer(axes: np.ndarray, used: int, xlabel: str, ylabel: str) -> None:
+    """Axis labels once: y on the first column, x under the lowest visible panel of each column."""
+    columns = axes.shape[1]
+    for index, ax in enumerate(axes.flat[:used]):
+        if index % columns == 0:
+            ax.set_ylabel(ylabel)
+        if index + columns >= used:
+            ax.set_xlabel(xlabel)
+            ax.xaxis.set_tick_params(labelbottom=True)

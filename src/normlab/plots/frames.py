@@ -14,18 +14,21 @@ are those needs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from normlab import stats
+from normlab import papers, stats
 from normlab.grouping import (
+    chance,
     column_of,
+    fmt,
     missing,
     prepare_runs,
     run_metrics,
+    scored_accuracy,
     sort_key,
     varied_keys,
     with_setting,
@@ -400,3 +403,214 @@ def traced_runs(runs: pd.DataFrame, traces: pd.DataFrame | None = None) -> pd.Da
     rows = rows.loc[rows["setting"].isin(blown)].assign(_label=lambda f: f["mode"].map(label_rank))
     keys = ["setting_order", "_label", "diverged", "seed", "run_dir", "step"]
     return rows.sort_values(keys, kind="stable").drop(columns=["_label"]).reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- failures counted
+
+ARCHITECTURE_KEYS = ("config.model.name", "config.data.name")
+SWITCH_AT, SWITCH_FREEZE = "config.norm.switch_at", "config.norm.switch_freeze"
+FAILURE_COLUMNS = [*STAT_COLUMNS, "chance"]
+
+
+def architecture(used: pd.DataFrame) -> pd.Series:
+    """Each run's model on data set ("mlp on mnist1d")."""
+    model = column_of(used, "config.model.name", "").map(fmt)
+    data = column_of(used, "config.data.name", "").map(fmt)
+    return model + " on " + data
+
+
+def _two_architectures(used: pd.DataFrame) -> pd.Series:
+    return pd.Series(architecture(used).nunique() > 1, index=used.index)
+
+
+def _schedules_per_label(used: pd.DataFrame) -> pd.Series:
+    return used.groupby("mode")["momentum_kind"].transform(lambda k: k.astype(str).nunique()) > 1
+
+
+BY_SETTING = Need("runs of two or more models or data sets", _two_architectures)
+SCHEDULES = Need("runs of one label under two or more momentum schedules", _schedules_per_label)
+SWITCHED = Need(
+    f"runs that switch to population statistics ({SWITCH_AT.removeprefix('config.')} set)",
+    lambda used: pd.to_numeric(column_of(used, SWITCH_AT), errors="coerce").notna(),
+)
+ABLATION = Need(
+    f"runs of {papers.MABN_MODE} (config.norm.mode), the mode of {papers.MABN_SOURCE}",
+    lambda used: column_of(used, "config.norm.mode").astype(str) == papers.MABN_MODE,
+)
+
+
+def failure_stats(used: pd.DataFrame, metric: str, by: Sequence[str]) -> pd.DataFrame:
+    """Final ``metric`` per group of ``by`` in prepared runs, a diverged run counted as a
+    failure at its chance accuracy (:func:`normlab.grouping.scored_accuracy`): ``mean`` and its
+    interval ``low``–``high`` over every seed, ``n`` runs, ``n_diverged`` of them diverged,
+    ``n_used`` values averaged and ``chance`` (the group's mean chance accuracy)."""
+    scored = used.assign(_score=scored_accuracy(used, metric), _chance=chance(used))
+    rows = []
+    for key, group in scored.groupby(list(by), sort=False, dropna=False):
+        interval = stats.mean_interval(group["_score"])
+        rows.append(
+            {
+                **dict(zip(by, key, strict=True)),
+                "mean": interval.estimate,
+                "low": interval.low,
+                "high": interval.high,
+                "n": len(group),
+                "n_diverged": int(group["diverged"].sum()),
+                "n_used": interval.n,
+                "chance": float(group["_chance"].mean()),
+            }
+        )
+    return pd.DataFrame(rows, columns=[*by, *FAILURE_COLUMNS])
+
+
+def with_panel(used: pd.DataFrame, exclude: Sequence[str] = ()) -> pd.DataFrame:
+    """Add ``panel``: the run's model on data set, then the setting keys that vary within that
+    model on data set less ``exclude`` ("mlp on mnist1d, lr=0.1"), and ``panel_order`` (data set,
+    model, then the settings by value)."""
+    if used.empty:
+        return used.assign(panel="", panel_order=0)
+    out = used.assign(_data=column_of(used, "config.data.name", "").map(fmt))
+    out = out.assign(_model=column_of(out, "config.model.name", "").map(fmt))
+    parts = []
+    for rank, ((data, model), group) in enumerate(out.groupby(["_data", "_model"], sort=True)):
+        inner = with_setting(group, exclude=[*ARCHITECTURE_KEYS, *exclude])
+        head = f"{model} on {data}"
+        inner["panel"] = [f"{head}, {s}" if s else head for s in inner["setting"]]
+        inner["panel_order"] = [(rank, s) for s in inner["setting_order"]]
+        parts.append(inner.drop(columns=["setting", "setting_order", "_data", "_model"]))
+    out = pd.concat(parts)
+    ranks = {key: i for i, key in enumerate(sorted(set(out["panel_order"])))}
+    return out.assign(panel_order=out["panel_order"].map(ranks))
+
+
+def by_panel(frame: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
+    """Panels in order, labels in the registry's order, then ``by``; drops ``panel_order``."""
+    keyed = frame.assign(_label=frame["mode"].map(label_rank))
+    keyed = keyed.sort_values(["panel_order", "_label", *by], kind="stable")
+    return keyed.drop(columns=["_label", "panel_order"]).reset_index(drop=True)
+
+
+def accuracy_by_setting_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    """Final ``val_acc_eval`` per (panel, label, batch size), diverged runs at chance
+    (:func:`failure_stats`); a panel per model on data set (:func:`with_panel`)."""
+    used = with_panel(prepare_runs(runs))
+    by = ["panel", "panel_order", "mode", "batch_size"]
+    return by_panel(failure_stats(used, "val_acc_eval", by), ["batch_size"])
+
+
+def schedule_text(used: pd.DataFrame) -> pd.Series:
+    """Each run's momentum schedule as read: "constant momentum 0.1", "linear decay 0.5→0.99",
+    "cumulative"."""
+    columns = [f"config.momentum.{k}" for k in ("value", "start", "end", "convention")]
+    values = zip(used["momentum_kind"], *(column_of(used, c) for c in columns), strict=True)
+    texts = []
+    for kind, value, start, end, convention in values:
+        words = [str(kind)] + ([] if missing(convention) else [str(convention)])
+        if not missing(value):
+            texts.append(" ".join([*words, fmt(value)]))
+        elif not (missing(start) or missing(end)):
+            texts.append(" ".join([*words, f"{fmt(start)}→{fmt(end)}"]))
+        else:
+            texts.append(str(kind))
+    return pd.Series(texts, index=used.index, dtype=object)
+
+
+def schedules_by_setting_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    """Final ``val_acc_eval`` per (panel, label, momentum ``schedule``, batch size), diverged runs
+    at chance; ``schedule`` is empty for a label run under one schedule only in its panel (a
+    baseline drawn as itself). Panels as :func:`with_panel`, the momentum schedule excluded."""
+    used = prepare_runs(runs)
+    used = with_panel(used.assign(schedule=schedule_text(used)), exclude=["config.momentum.kind"])
+    if used.empty:
+        return pd.DataFrame(columns=["panel", "mode", "schedule", "batch_size", *FAILURE_COLUMNS])
+    several = used.groupby(["panel", "mode"])["schedule"].transform("nunique") > 1
+    used["schedule"] = used["schedule"].where(several, "")
+    by = ["panel", "panel_order", "mode", "schedule", "batch_size"]
+    return by_panel(failure_stats(used, "val_acc_eval", by), ["schedule", "batch_size"])
+
+
+def switch_point_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    """Final ``val_acc_eval`` per (panel, label, ``frozen``, ``switch_at``), diverged runs at
+    chance, for the labels with runs that switch (``norm.switch_at``): ``frozen`` says whether
+    the running statistics stopped absorbing batches after the switch. A run of those labels
+    that never switches (batch statistics throughout) stands at ``switch_at`` 1 of each line
+    that has no run of its own there. A panel per model on data set (:func:`with_panel`), and per
+    batch size where the switching runs have several."""
+    used = prepare_runs(runs)
+    at = pd.to_numeric(column_of(used, SWITCH_AT), errors="coerce")
+    switched = used.loc[at.notna()]
+    keep = used["mode"].isin(set(switched["mode"]))
+    keep &= used["batch_size"].isin(set(switched["batch_size"]))
+    frozen = column_of(used, SWITCH_FREEZE).map(lambda v: not missing(v) and bool(v))
+    used = with_panel(used.assign(switch_at=at, frozen=frozen).loc[keep])
+    if used["batch_size"].nunique() > 1:
+        used["panel"] = used["panel"] + ", batch " + used["batch_size"].astype(str)
+        used["panel_order"] = list(zip(used["panel_order"], used["batch_size"], strict=True))
+        ranks = {key: i for i, key in enumerate(sorted(set(used["panel_order"])))}
+        used["panel_order"] = used["panel_order"].map(ranks)
+    line = ["panel", "panel_order", "mode", "frozen"]
+    switching, never = used.loc[used["switch_at"].notna()], used.loc[used["switch_at"].isna()]
+    parts = [switching]
+    for key, points in switching.groupby(line, sort=False):
+        if (points["switch_at"] == 1.0).any():
+            continue
+        same = (never[line[:3]] == pd.Series(key[:3], index=line[:3])).all(axis=1)
+        parts.append(never.loc[same].assign(switch_at=1.0, frozen=key[3]))
+    by = [*line, "switch_at"]
+    frame = failure_stats(pd.concat(parts), "val_acc_eval", by)
+    return by_panel(frame, ["frozen", "switch_at"])
+
+
+def _variant_text(values: Mapping[str, Any]) -> str:
+    words = []
+    for key, value in values.items():
+        if isinstance(value, bool | np.bool_):
+            words += [f"+ {key}"] if value else []
+        elif not missing(value):
+            words.append(f"{key}={fmt(value)}")
+    return " ".join(words)
+
+
+def ablation_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The studies (sweeps) that hold runs of the paper's mode (:data:`ABLATION`), at the
+    statistics batch sizes of those runs and of the paper's table: each run with ``row`` (its
+    label, then every model option that varies among them, "+ centred_weights" for a true
+    switch) and ``panel`` (:func:`with_panel`, those options excluded)."""
+    used = prepare_runs(runs)
+    ours = used.loc[ABLATION.keep(used)] if not used.empty else used
+    if ours.empty:
+        return with_panel(ours.assign(row=""))
+    sizes = set(ours["statistics_batch_size"])
+    sizes |= {size for errors in papers.MABN_ERROR.values() for size in errors}
+    keep = used["sweep"].isin(set(ours["sweep"])) & used["statistics_batch_size"].isin(sizes)
+    used = used.loc[keep]
+    options = [
+        c
+        for c in used.columns
+        if c.startswith("config.model.")
+        and c not in ARCHITECTURE_KEYS
+        and used[c].map(fmt).nunique() > 1
+    ]
+    names = {c: c.rsplit(".", 1)[-1] for c in options}
+    variants = [
+        _variant_text({names[c]: value for c, value in zip(options, row, strict=True)})
+        for row in used[options].itertuples(index=False, name=None)
+    ]
+    rows = [" ".join(filter(None, p)) for p in zip(used["mode"], variants, strict=True)]
+    used = used.assign(row=rows)
+    return with_panel(used, exclude=options)
+
+
+def ablation_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    """For :func:`ablation_runs`: final held-out *error* (``1 − val_acc_eval``) per (panel, row,
+    statistics batch size, batch size), ``mean`` and its interval ``low``–``high`` over every
+    seed, a diverged run counted at chance (error ``1 − chance``)."""
+    used = ablation_runs(runs)
+    by = ["panel", "panel_order", "row", "mode", "statistics_batch_size", "batch_size"]
+    frame = failure_stats(used, "val_acc_eval", by)
+    frame["mean"], frame["low"], frame["high"] = (
+        1 - frame["mean"],
+        1 - frame["high"],
+        1 - frame["low"],
+    )
+    return by_panel(frame, ["row", "statistics_batch_size", "batch_size"])
