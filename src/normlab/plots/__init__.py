@@ -17,6 +17,13 @@ Reads ``results/runs/...`` through :mod:`normlab.results` and writes, as PNG (20
 - ``precise_statistics``: EMA against precisely recomputed population statistics (Wu &
   Johnson 2021) and their paired difference;
 - ``ghost_batch``: accuracy against the statistics batch size of ghost batch norm;
+- ``accuracy_by_setting`` and ``schedules_by_setting``: small multiples of final accuracy
+  against batch size, a panel per setting, a line per label (and momentum schedule), diverged
+  runs counted as failures at chance accuracy;
+- ``switch_point``: accuracy against the fraction of training at which batch statistics give
+  way to the population statistics, the running statistics frozen or updating;
+- ``ablation``: the rows of MABN's ablation (Yan et al. 2020) as held-out error, the paper's
+  numbers beside;
 
 and ``summary.md``/``.tex``/``.csv`` (mean and 95 % interval over seeds per label and batch
 size, divergence with Wilson intervals, parameter-norm growth) and ``divergence.md``/...
@@ -32,6 +39,7 @@ Each figure is a pure ``*_frame`` function and a ``plot_*`` function that return
 """
 
 from normlab.grouping import prepare_runs, skipped_runs
+from normlab.plots.ablation import plot_ablation
 from normlab.plots.accuracy import (
     plot_accuracy_vs_batch_size,
     plot_accuracy_vs_step,
@@ -47,6 +55,8 @@ from normlab.plots.divergence import (
     plot_divergence_traces,
 )
 from normlab.plots.frames import (
+    ablation_frame,
+    accuracy_by_setting_frame,
     accuracy_vs_batch_size_frame,
     accuracy_vs_step_frame,
     decay_schedules_frame,
@@ -57,6 +67,8 @@ from normlab.plots.frames import (
     ghost_batch_frame,
     mode_internals_frame,
     precise_statistics_frame,
+    schedules_by_setting_frame,
+    switch_point_frame,
     traced_runs,
     train_eval_gap_frame,
     values_per_channel_frame,
@@ -66,13 +78,17 @@ from normlab.plots.internals import plot_mode_internals
 from normlab.plots.precise import plot_precise_statistics
 from normlab.plots.run import run_figure
 from normlab.plots.runs import Need, Skip
+from normlab.plots.settings import plot_accuracy_by_setting, plot_schedules_by_setting
 from normlab.plots.style import palette, save_figure
+from normlab.plots.switch import plot_switch_point
 from normlab.plots.tables import summary_display, summary_table, write_divergence, write_summary
 
 __all__ = [
     "FIGURES",
     "Need",
     "Skip",
+    "ablation_frame",
+    "accuracy_by_setting_frame",
     "accuracy_vs_batch_size_frame",
     "accuracy_vs_step_frame",
     "decay_schedules_frame",
@@ -85,6 +101,8 @@ __all__ = [
     "make_figures",
     "mode_internals_frame",
     "palette",
+    "plot_ablation",
+    "plot_accuracy_by_setting",
     "plot_accuracy_vs_batch_size",
     "plot_accuracy_vs_step",
     "plot_accuracy_vs_step_non_iid",
@@ -97,14 +115,18 @@ __all__ = [
     "plot_mode_internals",
     "plot_precise_statistics",
     "plot_results",
+    "plot_schedules_by_setting",
+    "plot_switch_point",
     "plot_train_eval_gap",
     "precise_statistics_frame",
     "prepare_runs",
     "run_figure",
     "save_figure",
+    "schedules_by_setting_frame",
     "skipped_runs",
     "summary_display",
     "summary_table",
+    "switch_point_frame",
     "traced_runs",
     "train_eval_gap_frame",
     "values_per_channel_frame",

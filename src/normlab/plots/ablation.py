@@ -56,6 +56,9 @@ def plot_ablation(runs: pd.DataFrame, metrics: pd.DataFrame | None = None) -> Fi
         _rows_axis(ax, rows, labelled=ax is axes.flat[0])
         ax.set_title(panel)
         ax.set_xlabel(X_LABEL)
+    for ax in axes.flat[1 : len(panels)]:
+        ax.sharex(axes.flat[0])
+    draw.clip_percent(axes.flat[0], "x")
     _paper_panel(axes.flat[len(panels)], markers)
     handles = [
         Line2D([], [], color=NEUTRAL, marker=markers[g], linestyle="", label=_group_text(*g))

@@ -317,6 +317,22 @@ def failure_handles(chance: str = "chance") -> list[Line2D]:
     ]
 
 
+def dodged(points: pd.DataFrame, x: str, index: int, count: int, step: float, log: bool):
+    """``points`` with column ``x`` moved by ``step`` per line (``index`` of ``count`` lines in
+    a panel, centred on the true value; in octaves when ``log``), so that lines at one x stay
+    apart."""
+    shift = (index - (count - 1) / 2) * step
+    moved = points[x] * 2.0**shift if log else points[x] + shift
+    return points.assign(**{x: moved})
+
+
+def clip_percent(ax: Axes, axis: str = "y") -> None:
+    """Keep a percentage axis within [-2, 102]: a wider interval runs off the panel's edge."""
+    low, high = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    limits = (max(low, -2.0), min(high, 102.0))
+    (ax.set_ylim if axis == "y" else ax.set_xlim)(*limits)
+
+
 def panel_grid(count: int) -> tuple[int, int]:
     """Columns and rows of small multiples: as square as ``count`` allows, four columns at most."""
     columns = min(4, max(1, math.ceil(math.sqrt(count))))

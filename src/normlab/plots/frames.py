@@ -575,7 +575,8 @@ def ablation_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The studies (sweeps) that hold runs of the paper's mode (:data:`ABLATION`), at the
     statistics batch sizes of those runs and of the paper's table: each run with ``row`` (its
     label, then every model option that varies among them, "+ centred_weights" for a true
-    switch) and ``panel`` (:func:`with_panel`, those options excluded)."""
+    switch) and ``panel`` (:func:`with_panel`, those options and the statistics batch size
+    excluded: the normalization batch is drawn within a panel)."""
     used = prepare_runs(runs)
     ours = used.loc[ABLATION.keep(used)] if not used.empty else used
     if ours.empty:
@@ -598,7 +599,7 @@ def ablation_runs(runs: pd.DataFrame) -> pd.DataFrame:
     ]
     rows = [" ".join(filter(None, p)) for p in zip(used["mode"], variants, strict=True)]
     used = used.assign(row=rows)
-    return with_panel(used, exclude=options)
+    return with_panel(used, exclude=[*options, "statistics_sub_batch"])
 
 
 def ablation_frame(runs: pd.DataFrame) -> pd.DataFrame:

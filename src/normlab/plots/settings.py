@@ -26,6 +26,9 @@ from normlab.plots.style import NEUTRAL, linestyle, new_figure, styled
 from normlab.quantities import LABELS
 
 X_LABEL = "batch size (examples per step)"
+DODGE = 0.06  # octaves between lines at one batch size
+# a variant's marker (a line style too), apart from the palette's most used ones
+VARIANT_MARKERS = ("v", "D", "P", "*", "h", "<")
 
 
 @styled
@@ -53,20 +56,27 @@ def setting_panels(frame: pd.DataFrame, variant: str | None = None) -> Figure:
     line = ["mode"] + ([variant] if variant else [])
     variants = [v for v in dict.fromkeys(frame[variant]) if v] if variant else []
     styles = {"": "-", **{v: linestyle(i) for i, v in enumerate(variants)}}
+    markers = {v: VARIANT_MARKERS[i % len(VARIANT_MARKERS)] for i, v in enumerate(variants)}
     for ax, panel in zip(axes.flat, panels, strict=False):
         part = frame.loc[frame["panel"] == panel]
-        for key, points in part.groupby(line, sort=False):
+        lines = list(part.groupby(line, sort=False))
+        for index, (key, points) in enumerate(lines):
             mode, kind = (key[0], key[1] if variant else "")
-            draw.failure_line(ax, points, "batch_size", 100.0, colors[mode], styles[kind])
+            points = draw.dodged(points, "batch_size", index, len(lines), DODGE, log=True)
+            marker = markers.get(kind)
+            style = colors[mode]
+            draw.failure_line(ax, points, "batch_size", 100.0, style, styles[kind], marker)
         draw.chance_line(ax, part["chance"], 100.0)
         ax.set_title(panel)
     draw.log2_axis(axes.flat[0], frame["batch_size"])
+    draw.clip_percent(axes.flat[0])
     draw.hide_unused(axes, len(panels))
     draw.label_outer(axes, len(panels), X_LABEL, LABELS["val_acc_eval"])
     handles = draw.mode_handles(colors, marker=True)
     if len(variants) > 1:
         handles += [
-            draw.Line2D([], [], color=NEUTRAL, linestyle=styles[v], label=v) for v in variants
+            draw.Line2D([], [], color=NEUTRAL, linestyle=styles[v], marker=markers[v], label=v)
+            for v in variants
         ]
     draw.legend(figure, handles + draw.failure_handles())
     return figure

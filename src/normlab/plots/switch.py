@@ -20,7 +20,8 @@ FREEZE = {
     False: ("-", "running statistics updating after the switch"),
     True: ("--", "running statistics frozen at the switch"),
 }
-X_LABEL = "switch fraction s (0: population statistics throughout, 1: batch statistics throughout)"
+X_LABEL = "switch fraction s\n(0: population statistics throughout, 1: batch statistics throughout)"
+DODGE = 0.015  # between lines at one switch fraction
 
 
 @styled
@@ -34,13 +35,16 @@ def plot_switch_point(runs: pd.DataFrame, metrics: pd.DataFrame | None = None) -
     colors = draw.palette_of(frame)
     for ax, panel in zip(axes.flat, panels, strict=False):
         part = frame.loc[frame["panel"] == panel]
-        for (mode, frozen), points in part.groupby(["mode", "frozen"], sort=False):
+        lines = list(part.groupby(["mode", "frozen"], sort=False))
+        for index, ((mode, frozen), points) in enumerate(lines):
+            points = draw.dodged(points, "switch_at", index, len(lines), DODGE, log=False)
             draw.failure_line(ax, points, "switch_at", 100.0, colors[mode], FREEZE[frozen][0])
         draw.chance_line(ax, part["chance"], 100.0)
         ax.set_title(panel)
     ticks = sorted(set(frame["switch_at"]))
     axes.flat[0].set_xticks(ticks, [f"{t:g}" for t in ticks])
-    axes.flat[0].set_xlim(-0.05, 1.05)
+    axes.flat[0].set_xlim(-0.06, 1.06)
+    draw.clip_percent(axes.flat[0])
     draw.hide_unused(axes, len(panels))
     draw.label_outer(axes, len(panels), X_LABEL, LABELS["val_acc_eval"])
     shown = sorted(set(frame["frozen"]))
