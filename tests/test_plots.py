@@ -99,6 +99,7 @@ FIGURES = (
     "divergence",
     "divergence_traces",
     "decay_schedules",
+    "schedules_by_setting",
     "mode_internals",
     "ghost_batch",
 )
