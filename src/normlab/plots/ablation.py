@@ -6,7 +6,6 @@ paper's own ImageNet numbers (:data:`normlab.papers.MABN_ERROR`) in a panel besi
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -75,25 +74,21 @@ def _rows_axis(ax: Axes, rows: list[str], labelled: bool) -> None:
 
 
 def _paper_panel(ax: Axes, markers: dict[tuple[int, int], str]) -> None:
-    """The paper's top-1 errors, a row per method, marked as the harness's runs of the same
-    normalization batch are."""
-    methods = list(papers.MABN_ERROR)
+    """The paper's top-1 errors (:func:`normlab.papers.mabn_rows`), a row per method, marked as
+    the harness's runs of the same normalization batch are."""
+    rows = papers.mabn_rows()
+    methods = list(dict.fromkeys(method for method, _, _ in rows))
     colors = palette(papers.MABN_MODES[m] for m in methods)
     by_size = {statistics: marker for (statistics, _), marker in markers.items()}
-    for index, method in enumerate(methods):
+    for method, size, error in rows:
         color = colors[papers.MABN_MODES[method]].color
-        for size, error in papers.MABN_ERROR[method].items():
-            marker = by_size.get(size, "*")
-            ax.plot(error, index, marker=marker, color=color, linestyle="", markersize=5)
-            text = f"{error:.2f} at {size}"
-            offset = {"xytext": (0, 5), "textcoords": "offset points"}
-            ax.annotate(text, (error, index), **offset, fontsize=6, ha="center", color=color)
+        index = methods.index(method)
+        ax.plot(error, index, marker=by_size.get(size, "*"), color=color, linestyle="")
+        offset = {"xytext": (0, 5), "textcoords": "offset points"}
+        text = f"{error:.2f} at {size}"
+        ax.annotate(text, (error, index), **offset, fontsize=6, ha="center", color=color)
     _rows_axis(ax, methods, labelled=True)
-    low, high = np.nanmin(_errors()), np.nanmax(_errors())
+    low, high = min(e for *_, e in rows), max(e for *_, e in rows)
     ax.set_xlim(low - 0.15 * (high - low), high + 0.15 * (high - low))
     ax.set_title("Yan et al. 2020: ResNet-50, ImageNet")
     ax.set_xlabel("top-1 error (%)")
-
-
-def _errors() -> list[float]:
-    return [e for errors in papers.MABN_ERROR.values() for e in errors.values()]

@@ -582,7 +582,7 @@ def ablation_runs(runs: pd.DataFrame) -> pd.DataFrame:
     if ours.empty:
         return with_panel(ours.assign(row=""))
     sizes = set(ours["statistics_batch_size"])
-    sizes |= {size for errors in papers.MABN_ERROR.values() for size in errors}
+    sizes |= {size for _, size, _ in papers.mabn_rows()}
     keep = used["sweep"].isin(set(ours["sweep"])) & used["statistics_batch_size"].isin(sizes)
     used = used.loc[keep]
     options = [
