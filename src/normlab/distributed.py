@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -130,36 +132,68 @@ def close_process_group() -> None:
         dist.destroy_process_group()
 
 
-def spawn(entry: Callable[..., Any], world_size: int, args: tuple) -> None:
+class RankFailed(Exception):
+    """A rank of a spawned run raised or died: which one and why."""
+
+    def __init__(self, rank: int, reason: str) -> None:
+        super().__init__(f"rank {rank} failed: {reason}")
+        self.rank, self.reason = rank, reason
+
+
+def spawn(entry: Callable[..., Any], world_size: int, store_file: Path, args: tuple) -> None:
     """Run ``entry(rank, *args)`` in ``world_size`` fresh processes and wait for them all. A
-    rank that raises or dies ends the others (after :data:`GRACE_PERIOD_S`) and raises here
-    (``torch.multiprocessing``'s ``ProcessRaisedException`` or ``ProcessExitedException``). A
-    Ctrl-C reaches every rank, which stop together (:class:`DataParallelTrainer`); it is raised
-    here once they have."""
+    rank that raises or dies ends the others (after :data:`GRACE_PERIOD_S`) and raises
+    :class:`RankFailed` here, naming the rank that failed first (the others then fail on the
+    broken collective). A Ctrl-C reaches every rank, which stop together
+    (:class:`DataParallelTrainer`); it is raised here once they have."""
     context = mp.start_processes(
         entry, args=args, nprocs=world_size, join=False, start_method="spawn"
     )
     interrupted = False
-    while True:
-        try:
-            if context.join(grace_period=GRACE_PERIOD_S):
-                break
-        except KeyboardInterrupt:
-            interrupted = True
-        except mp.ProcessException:
-            if interrupted:  # rank 0 ends an interrupted run by raising KeyboardInterrupt
-                raise KeyboardInterrupt from None
-            raise
+    try:
+        while True:
+            try:
+                if context.join(grace_period=GRACE_PERIOD_S):
+                    break
+            except KeyboardInterrupt:
+                interrupted = True
+            except (mp.ProcessRaisedException, mp.ProcessExitedException) as error:
+                if interrupted:  # rank 0 ends an interrupted run by raising KeyboardInterrupt
+                    raise KeyboardInterrupt from None
+                raise _first_failure(context, store_file, error) from error
+    finally:
+        for rank in range(world_size):
+            failure_file(store_file, rank).unlink(missing_ok=True)
     if interrupted:
         raise KeyboardInterrupt
 
 
-def rank_failure(error: BaseException) -> dict[str, Any]:
-    """What a spawned rank's failure tells: which rank, and its traceback or its exit."""
-    fields: dict[str, Any] = {"error": str(error)}
-    if isinstance(error, mp.ProcessException):
-        fields["failed_rank"] = error.error_index
-    return fields
+def failure_file(store_file: Path, rank: int) -> Path:
+    return store_file.with_name(f"{store_file.name}.rank{rank}")
+
+
+def note_failure(store_file: Path, rank: int, error: BaseException) -> None:
+    """Leave a rank's traceback beside the store, stamped, for :func:`spawn` to tell the
+    rank that failed first from those the broken collectives failed after it."""
+    text = "".join(traceback.format_exception(error)[-6:])
+    failure_file(store_file, rank).write_text(f"{time.time()}\n{text}")
+
+
+def _first_failure(context: Any, store_file: Path, error: Exception) -> RankFailed:
+    for rank, process in enumerate(context.processes):
+        code = process.exitcode
+        if code is not None and code < 0 and -code != signal.SIGTERM:  # killed, not ended by us
+            return RankFailed(rank, f"died from signal {signal.Signals(-code).name}")
+    noted = []
+    for rank in range(len(context.processes)):
+        path = failure_file(store_file, rank)
+        if path.exists():
+            stamp, _, text = path.read_text().partition("\n")
+            noted.append((float(stamp), rank, text))
+    if noted:
+        _, rank, text = min(noted)
+        return RankFailed(rank, text)
+    return RankFailed(getattr(error, "error_index", 0), str(error))
 
 
 def quiet_unless_leading(rank: Rank) -> None:

@@ -132,15 +132,15 @@ def _spawn_ranks(config: RunConfig, run_dir: Path) -> dict[str, Any]:
     """Train on ``world_size`` spawned ranks; a rank that raised or died fails the run, its
     record kept (rank 0 may have been stopped before it could say so)."""
     store = distributed.fresh_rendezvous(run_dir)
+    world = config.distributed.world_size
     try:
-        distributed.spawn(_train_rank, config.distributed.world_size, (config, run_dir, store))
-    except distributed.mp.ProcessException as error:
+        distributed.spawn(_train_rank, world, store, (config, run_dir, store))
+    except distributed.RankFailed as failure:
         summary = read_summary(run_dir) or {"run_id": run_dir.name, "sweep": config.sweep}
         if summary.get("status") in (None, "running", "failed"):
-            failure = distributed.rank_failure(error)
-            summary = {**summary, "status": "failed", **failure}
+            fields = {"status": "failed", "failed_rank": failure.rank, "error": failure.reason}
             run_dir.mkdir(parents=True, exist_ok=True)
-            write_summary(run_dir, summary)
+            write_summary(run_dir, {**summary, **fields})
         raise
     finally:
         store.unlink(missing_ok=True)
@@ -171,8 +171,13 @@ def _train_rank(
         if config.resume and not config.overwrite and checkpoint.exists():
             trainer.resume_from(checkpoint)
         return trainer.fit()
+    except Exception as error:
+        distributed.note_failure(store, rank.rank, error)
+        raise
     finally:
         distributed.close_process_group()
+        if rank.leads:
+            store.unlink(missing_ok=True)
 
 
 def finished_run(cfg: DictConfig) -> dict[str, Any] | None:
