@@ -139,3 +139,34 @@ def layer_worker(rank: int, store: str) -> None:
         _check_per_device_is_ghost_batches(rank)
     finally:
         dist.destroy_process_group()
+
+
+def cuda_worker(rank: int, store: str) -> None:
+    """``batch`` with synchronized statistics against ``torch.nn.SyncBatchNorm`` (NCCL)."""
+    torch.cuda.set_device(rank)
+    dist.init_process_group(
+        "nccl",
+        store=dist.FileStore(store, 2),
+        rank=rank,
+        world_size=2,
+        timeout=timedelta(seconds=60),
+    )
+    try:
+        device = torch.device("cuda", rank)
+        x = torch.randn(12, 4, 5, generator=torch.Generator().manual_seed(3)).to(device)
+        mine = x[6 * rank : 6 * rank + 6]
+        ours = randomize_affine(BatchNorm(4), 2).to(device)
+        ours.sync_statistics = True
+        theirs = torch.nn.SyncBatchNorm.convert_sync_batchnorm(
+            randomize_affine(torch.nn.BatchNorm1d(4), 2)
+        ).to(device)
+        a, b = mine.clone().requires_grad_(), mine.clone().requires_grad_()
+        ya, yb = ours(a), theirs(b)
+        ya.square().sum().backward()
+        yb.square().sum().backward()
+        torch.testing.assert_close(ya, yb, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ours.running_var, theirs.running_var, rtol=1e-4, atol=1e-6)
+    finally:
+        dist.destroy_process_group()

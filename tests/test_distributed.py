@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from conftest import FAST
-from distributed_workers import layer_worker
+from distributed_workers import cuda_worker, layer_worker
 from test_outside_mode import EXAMPLE, SEARCH
 
 from normlab import distributed
@@ -107,6 +107,11 @@ def test_synchronized_layers_are_one_process_on_the_concatenated_batch(tmp_path)
     mp.start_processes(
         layer_worker, args=(str(tmp_path / "store"),), nprocs=2, start_method="spawn"
     )
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_synchronized_batch_equals_torch_sync_batch_norm_on_cuda(tmp_path):
+    mp.start_processes(cuda_worker, args=(str(tmp_path / "store"),), nprocs=2, start_method="spawn")
 
 
 # ----------------------------------------------------------------------------- two ranks, runs
