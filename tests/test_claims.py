@@ -182,6 +182,8 @@ def test_every_claim_gets_its_verdict(verdicts):
         "brn_non_iid": "does not hold",
         "gn_bn_degrades": "holds",
         "gn_flat": "holds",
+        "gn_bn_per_gpu": "not tested here",  # no data-parallel runs among these
+        "gn_flat_per_gpu": "not tested here",
         "online_flat": "does not hold",
         "rethinking_small": "holds",
         "rethinking_large": "inconclusive",
@@ -255,6 +257,35 @@ def test_changes_across_batch_sizes_use_welch_intervals(verdicts):
     assert online.effect.estimate == pytest.approx(-0.20) and online.verdict == "does not hold"
 
 
+def test_images_per_gpu_compare_statistics_batches_within_one_global_batch(tmp_path):
+    """Data-parallel runs at global batch 32: per-device statistics over 8 against statistics
+    over the whole batch (one process, or synchronized ranks), Welch as across batch sizes."""
+    for seed in range(4):
+        for world, statistics, accuracy in ((1, 32, 0.80 + seed / 100), (4, 8, 0.70 + seed / 100)):
+            config = {
+                "norm": norm_node("batch"),
+                "data": {"name": "mnist1d", "sampler": "iid"},
+                "model": {"name": "mlp", "depth": 3},
+                "batch_size": 32,
+                "seed": seed,
+                "distributed": {"world_size": world},
+            }
+            summary = {
+                "status": "completed",
+                "norm_label": "batch",
+                "statistics_batch_size": statistics,
+                "eval_split": "test",
+                "final": {"val_acc_eval": accuracy},
+            }
+            rows = [{"step": 10, "loss": 1.0, "val_acc_eval": accuracy}]
+            write_record(tmp_path, "gpu", f"w{world}-s{seed}", config, summary, rows)
+    (found,) = [r for r in claims.evaluate(load_runs(tmp_path)) if r.claim.key == "gn_bn_per_gpu"]
+    only = finding(found, "gpu", "batch 32, statistics over 8 vs 32")
+    # equal spreads: 0.10 ± 2.447 · √(2 · 0.01291² / 4), df = 6
+    assert bounds(only) == pytest.approx((0.10, 0.0777, 0.1223), abs=1e-4)
+    assert found.verdict == "holds"
+
+
 def test_precise_statistics_gain_of_the_same_runs(verdicts):
     small = finding(
         verdicts["rethinking_small"], "precise", "batch 32 (statistics over 2) [batch (ghost)]"
@@ -308,6 +339,8 @@ def test_published_effects_by_hand():
     assert effects[("gn_bn_degrades", 16)] == pytest.approx(0.1)
     assert effects[("gn_flat", 8)] == pytest.approx(0.1)  # GN error 24.0 at 8 vs 24.1 at 32
     assert effects[("gn_flat", 2)] == pytest.approx(0.0)
+    assert effects[("gn_bn_per_gpu", 2)] == pytest.approx(34.7 - 23.6)  # images per GPU
+    assert effects[("gn_flat_per_gpu", 8)] == pytest.approx(0.1)
     assert effects[("brn_large_batch", None)] == pytest.approx(0.2)
     assert effects[("brn_micro_batch", 4)] == pytest.approx(2.3)
     assert effects[("brn_non_iid", None)] == pytest.approx(11.5)

@@ -55,6 +55,8 @@ RECORD_KEYS = (
     "checkpoint",
     "trace",
     "study",
+    "distributed.backend",
+    "distributed.timeout_s",
 )
 # Dotted keys that say where files lie on one machine, not what they hold: never recorded, so a
 # record reads the same wherever it was made and its id never depends on a directory.

@@ -4,10 +4,15 @@ Order of work, so that bad input never costs a half-written record: validate the
 the data (file errors surface here), check the schedules against the run length and that the
 model builds, and only then create the run directory. Any later failure is recorded in the
 run's ``summary.json`` as ``failed``; in a multirun the sweep goes on.
+
+A data-parallel run (``distributed.world_size > 1``) is checked and locked here as any other,
+then trained by its ranks (:mod:`normlab.distributed`): spawned from here, or, under SLURM, the
+step's tasks themselves; rank 0 keeps the record. A rank that fails fails the run, recorded.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import random
@@ -27,6 +32,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from normlab import distributed
 from normlab.config.identity import record_config, run_directory
 from normlab.config.schema import RunConfig, register_configs
 from normlab.config.validation import build_checked_model, run_data_set, validate
@@ -36,7 +42,14 @@ from normlab.files import RunLock
 from normlab.norms import kernels
 from normlab.progress import finished_line
 from normlab.provenance import provenance
-from normlab.records import CHECKPOINT_FILE, FINISHED, METRICS_FILE, RunRecord, read_summary
+from normlab.records import (
+    CHECKPOINT_FILE,
+    FINISHED,
+    METRICS_FILE,
+    RunRecord,
+    read_summary,
+    write_summary,
+)
 from normlab.trainer import Trainer, total_steps
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -82,16 +95,89 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return finished
     try:
         config, data, model = _prepare(cfg, config)
+        slurm = _slurm_rank(config)
     except (ConfigError, DataError) as error:
         raise InputError(str(error)) from None
+    if slurm is not None and not slurm.leads:  # rank 0's task holds the lock and the record
+        store = distributed.rendezvous_file(run_dir, distributed.slurm_tag())
+        return _train_rank(slurm.rank, config, run_dir, store, slurm.local_rank)
     lock = RunLock(run_dir)
     if not lock.acquire():
         print(f"normlab-train: {run_dir} is being run by {lock.holder()}; skipped", file=sys.stderr)
         return {"status": "skipped", "skipped": True, "run_dir": str(run_dir)}
     try:
+        if slurm is not None:
+            store = distributed.rendezvous_file(run_dir, distributed.slurm_tag())
+            return _train_rank(0, config, run_dir, store, slurm.local_rank)
+        if config.distributed.world_size > 1:
+            return _spawn_ranks(config, run_dir)
         return _run_locked(config, data, model, run_dir)
     finally:
         lock.release()
+
+
+def _slurm_rank(config: RunConfig) -> distributed.Rank | None:
+    """The rank a SLURM task of a data-parallel run is; its step must have a task per rank."""
+    world = config.distributed.world_size
+    slurm = distributed.slurm_rank()
+    if world == 1 or slurm is None:
+        return None
+    if slurm.world_size != world:
+        allowed = f"{slurm.world_size}, the tasks of this SLURM step (SLURM_NTASKS)"
+        raise ConfigError("distributed.world_size", world, allowed)
+    return slurm
+
+
+def _spawn_ranks(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """Train on ``world_size`` spawned ranks; a rank that raised or died fails the run, its
+    record kept (rank 0 may have been stopped before it could say so)."""
+    store = distributed.fresh_rendezvous(run_dir)
+    world = config.distributed.world_size
+    try:
+        distributed.spawn(_train_rank, world, store, (config, run_dir, store))
+    except distributed.RankFailed as failure:
+        summary = read_summary(run_dir) or {"run_id": run_dir.name, "sweep": config.sweep}
+        if summary.get("status") in (None, "running", "failed"):
+            fields = {"status": "failed", "failed_rank": failure.rank, "error": failure.reason}
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_summary(run_dir, {**summary, **fields})
+        raise
+    finally:
+        store.unlink(missing_ok=True)
+    return read_summary(run_dir) or {}
+
+
+def _train_rank(
+    index: int, config: RunConfig, run_dir: Path, store: Path, local_rank: int | None = None
+) -> dict[str, Any]:
+    """One rank of a data-parallel run: its own data, model (seeded alike) and trainer; rank 0
+    records the run."""
+    local = index if local_rank is None else local_rank
+    rank = distributed.Rank(index, config.distributed.world_size, local)
+    distributed.quiet_unless_leading(rank)
+    device = distributed.rank_device(resolve_device(config.device), rank)
+    distributed.init_process_group(rank, store, config.distributed, device)
+    try:
+        torch.set_num_threads(config.threads or 1)
+        seed_everything(config.seed, config.deterministic and device.type == "cuda")
+        data = load_run_data(config, device)
+        model = build_run_model(config, data).to(device)
+        make_trainer = functools.partial(distributed.DataParallelTrainer, rank=rank)
+        if rank.leads:
+            return _run_locked(config, data, model, run_dir, make_trainer)
+        checkpoint = run_dir / CHECKPOINT_FILE
+        record = distributed.Unrecorded(run_dir)
+        trainer = make_trainer(config, data, model, record, device, checkpoint)
+        if config.resume and not config.overwrite and checkpoint.exists():
+            trainer.resume_from(checkpoint)
+        return trainer.fit()
+    except Exception as error:
+        distributed.note_failure(store, rank.rank, error)
+        raise
+    finally:
+        distributed.close_process_group()
+        if rank.leads:
+            store.unlink(missing_ok=True)
 
 
 def finished_run(cfg: DictConfig) -> dict[str, Any] | None:
@@ -145,7 +231,11 @@ def load_run_data(config: RunConfig, device: torch.device) -> Dataset:
 
 
 def _run_locked(
-    config: RunConfig, data: Dataset, model: torch.nn.Module, run_dir: Path
+    config: RunConfig,
+    data: Dataset,
+    model: torch.nn.Module,
+    run_dir: Path,
+    make_trainer: Any = Trainer,
 ) -> dict[str, Any]:
     finished = _finished(run_dir, config)  # another job may have finished it meanwhile
     if finished is not None:
@@ -156,7 +246,7 @@ def _run_locked(
         _clear_record(run_dir)
     device = data.x_train.device
     record = RunRecord(run_dir)
-    trainer = Trainer(config, data, model, record, device, checkpoint)
+    trainer = make_trainer(config, data, model, record, device, checkpoint)
     resumed_step = trainer.resume_from(checkpoint) if resuming else None
     record.open(OmegaConf.to_yaml(record_config(config)), keep_until_step=resumed_step)
     _attach_backends(record, config, run_dir)
@@ -292,6 +382,7 @@ def _identity(
         "run_dir": str(run_dir),
         "norm": config.norm.mode,
         **config.norm.record(config.batch_size),
+        **distributed.identity(config),
         "norm_lacks": config.norm.lacks(),
         "batch_size": config.batch_size,
         "seed": config.seed,

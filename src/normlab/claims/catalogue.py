@@ -42,7 +42,9 @@ class Claim:
     - ``bias_growth``: ln growth of the pre-norm bias norm, ``labels[0]`` minus ``labels[1]``,
       paired by seed;
     - ``across_batch_sizes``: final ``metric`` of ``labels[0]`` at each smaller batch size
-      minus at the largest (``largest_first``: the largest minus each smaller);
+      minus at the largest (``largest_first``: the largest minus each smaller); the batch size
+      is the record's ``size`` column: ``batch_size``, or ``statistics_batch_size`` for the
+      examples behind a statistic (images per GPU in a data-parallel run);
     - ``precise_gain``: ``val_acc_precise − val_acc_eval`` of the same runs of each label.
     """
 
@@ -57,6 +59,7 @@ class Claim:
     where: Where = Where()
     metric: str = "val_acc_eval"
     largest_first: bool = False
+    size: str = "batch_size"
     scale: float = 100.0
     unit: str = "pp"
 
@@ -171,6 +174,32 @@ CLAIMS: tuple[Claim, ...] = (
         (GROUP,),
         EQUIVALENT,
         "runs labelled group at two or more batch sizes in one setting",
+    ),
+    Claim(
+        "gn_bn_per_gpu",
+        f"{GN}, Fig. 1",
+        "At a fixed total batch, batchnorm's error grows as the images per GPU shrink; "
+        "statistics over the whole batch (synchronized) do not pay it",
+        "acc(batch) with statistics over the whole batch − over each smaller per-device slice "
+        "(Welch)",
+        "across_batch_sizes",
+        (BATCH,),
+        GREATER,
+        "runs labelled batch at one batch size with two or more statistics batch sizes "
+        "(distributed.world_size, norm.sync)",
+        largest_first=True,
+        size="statistics_batch_size",
+    ),
+    Claim(
+        "gn_flat_per_gpu",
+        f"{GN}, Fig. 1",
+        "At a fixed total batch, GroupNorm's error does not depend on the images per GPU",
+        "acc(group) on each smaller per-device slice − on the whole batch (Welch)",
+        "across_batch_sizes",
+        (GROUP,),
+        EQUIVALENT,
+        "runs labelled group at one batch size on two or more world sizes (distributed.world_size)",
+        size="statistics_batch_size",
     ),
     Claim(
         "online_flat",

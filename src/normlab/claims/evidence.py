@@ -299,31 +299,47 @@ def _log_growth(evidence: Evidence, run_dirs: pd.Series, column: str) -> pd.Seri
 
 def across_batch_sizes(claim: Claim, evidence: Evidence) -> list[Comparison]:
     """Final ``metric`` (diverged runs at chance) of the label at its largest batch size in a
-    setting against each smaller one (Welch interval: different runs share no pairing)."""
+    setting against each smaller one (Welch interval: different runs share no pairing). With
+    ``claim.size`` the statistics batch size, the sizes are compared within one batch size."""
     comparisons = []
     runs = applies(claim.where, evidence.labelled(*claim.labels))
-    for study, setting, _, group in settings(runs, by_batch=False):
-        sizes = sorted(set(group["batch_size"]))
-        if len(sizes) < 2:
-            continue
-        values = accuracy(group, claim.metric)
-        by_size = {s: values[group["batch_size"] == s].to_numpy(float) for s in sizes}
-        reference = sizes[-1]
-        for size in sizes[:-1]:
-            pair = (by_size[reference], by_size[size])
-            a, b = pair if claim.largest_first else pair[::-1]
+    for study, setting, _, whole in settings(runs, by_batch=False):
+        if claim.size == "batch_size":
+            parts = [(setting, whole)]
+        else:
+            parts = [
+                (", ".join(p for p in (setting, f"batch {fmt(b)}") if p), group)
+                for b, group in whole.groupby("batch_size", sort=True)
+            ]
+        for where, group in parts:
+            comparisons += _across_sizes(claim, study, where, group)
+    return comparisons
 
-            def interval_at(level: float, a=a, b=b) -> stats.Interval:
-                return stats.welch_interval(a, b, level)
 
-            where = ", ".join(p for p in (setting, f"batch {size} vs {reference}") if p)
-            part = group.loc[group["batch_size"].isin((size, reference))]
-            detail = (
-                f"{len(pair[1])} and {len(pair[0])} seeds (batch {size}, {reference}); "
-                f"{_diverged(part, claim.labels[0])} (at chance)"
-            )
-            effect, test = interval_at(stats.LEVEL), _inverted(interval_at)
-            comparisons.append(Comparison(study, where, effect, detail, size, test, a, b, False))
+def _across_sizes(claim: Claim, study: str, setting: str, group: pd.DataFrame) -> list:
+    sizes = sorted(set(group[claim.size]))
+    if len(sizes) < 2:
+        return []
+    comparisons = []
+    values = accuracy(group, claim.metric)
+    by_size = {s: values[group[claim.size] == s].to_numpy(float) for s in sizes}
+    reference = sizes[-1]
+    name = "batch" if claim.size == "batch_size" else "statistics over"
+    for size in sizes[:-1]:
+        pair = (by_size[reference], by_size[size])
+        a, b = pair if claim.largest_first else pair[::-1]
+
+        def interval_at(level: float, a=a, b=b) -> stats.Interval:
+            return stats.welch_interval(a, b, level)
+
+        where = ", ".join(p for p in (setting, f"{name} {size} vs {reference}") if p)
+        part = group.loc[group[claim.size].isin((size, reference))]
+        detail = (
+            f"{len(pair[1])} and {len(pair[0])} seeds ({name} {size}, {reference}); "
+            f"{_diverged(part, claim.labels[0])} (at chance)"
+        )
+        effect, test = interval_at(stats.LEVEL), _inverted(interval_at)
+        comparisons.append(Comparison(study, where, effect, detail, size, test, a, b, False))
     return comparisons
 
 

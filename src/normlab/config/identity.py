@@ -102,7 +102,11 @@ def from_record(config: Mapping[str, Any]) -> RunConfig:
 
 
 def _semantic(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in RECORD_KEYS}
+    semantic = copy.deepcopy({k: v for k, v in config.items() if k not in RECORD_KEYS})
+    for key in RECORD_KEYS:
+        if "." in key:
+            _drop(semantic, key.split("."))
+    return semantic
 
 
 def _defaults_for(run: RunConfig) -> RunConfig:

@@ -27,6 +27,7 @@ PROGRESS = ("auto", "on", "off")
 PRECISIONS = ("float32", "bfloat16")
 EVAL_SPLITS = ("test", "validation")
 WANDB_MODES = ("offline", "online", "disabled")
+DISTRIBUTED_BACKENDS = ("auto", "gloo", "nccl")
 
 
 @dataclass
@@ -151,6 +152,18 @@ class CheckpointConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """A data-parallel run (:mod:`normlab.distributed`): ``world_size`` ranks, each training
+    on its contiguous slice of every global batch of ``batch_size``. The world size is part of
+    what a run trains (per-device statistics are over ``batch_size / world_size`` examples), so
+    a run id holds it when it is not 1; the backend and the timeout are how, not what."""
+
+    world_size: int = 1
+    backend: str = "auto"  # auto: nccl on CUDA, gloo on CPU
+    timeout_s: float = 300.0  # a collective waiting longer fails the run (gloo's own: 30 min)
+
+
+@dataclass
 class RunConfig:
     # the chosen mode's own keys (conf/norm/NAME.yaml); a NormChoice once validated
     norm: Any = MISSING
@@ -165,6 +178,7 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     batch_size: int = 32
     seed: int = 0
     steps: int | None = 1000

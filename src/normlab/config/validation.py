@@ -19,6 +19,7 @@ from normlab import models
 from normlab.config.identity import lookup_lr_factor
 from normlab.config.schema import (
     DEVICES,
+    DISTRIBUTED_BACKENDS,
     EVAL_SPLITS,
     LR_SCALING,
     LR_SCHEDULES,
@@ -81,6 +82,7 @@ def validate(cfg: DictConfig | RunConfig, total_steps: int | None = None) -> Run
     _validate_norm(run)
     _validate_optim(run.optim)
     _validate_eval(run)
+    _validate_distributed(run)
     _one_of("logger.wandb.mode", run.logger.wandb.mode, WANDB_MODES)
     _take_chosen_lr(run)
     total = run.steps if run.steps is not None else total_steps
@@ -281,6 +283,19 @@ def _validate_optim(optim: OptimConfig) -> None:
     _at_least("optim.base_batch_size", optim.base_batch_size, 1)
     if optim.grad_clip is not None and not optim.grad_clip > 0:
         raise ConfigError("optim.grad_clip", optim.grad_clip, "null or a number > 0")
+
+
+def _validate_distributed(run: RunConfig) -> None:
+    spec = run.distributed
+    _at_least("distributed.world_size", spec.world_size, 1)
+    _one_of("distributed.backend", spec.backend, DISTRIBUTED_BACKENDS)
+    if not (spec.timeout_s > 0 and math.isfinite(spec.timeout_s)):
+        raise ConfigError("distributed.timeout_s", spec.timeout_s, "a finite number > 0")
+    if run.batch_size % spec.world_size:
+        allowed = f"a divisor of batch_size={run.batch_size} (each rank takes an equal slice)"
+        raise ConfigError("distributed.world_size", spec.world_size, allowed)
+    if spec.backend == "nccl" and run.device == "cpu":
+        raise ConfigError("distributed.backend", spec.backend, "auto or gloo with device=cpu")
 
 
 def _validate_eval(run: RunConfig) -> None:

@@ -9,6 +9,12 @@ recalibration (:mod:`normlab.precise_bn`, through :meth:`update_running`). It im
 batch statistics anyway) sets ``records_diagnostics = True``, otherwise the base records them
 before each training step.
 
+``sync_statistics`` (False unless a data-parallel run with ``norm.sync`` turns it on, for a
+layer whose class is ``syncable``): the training-mode forward takes its batch statistics over
+every rank's slice (:mod:`normlab.norms.sync`) through the layer's :meth:`synced_train_forward`,
+and with population statistics the running statistics absorb the global batch's. Every rank then
+holds the same running buffers.
+
 ``statistics`` says which statistics a training-mode forward normalizes with: ``"batch"`` (the
 layer's own :meth:`train_forward`) or ``"population"`` (the running statistics, as in eval,
 gradients through no statistic; a trainer switches to it at ``norm.switch_at``). With
@@ -35,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normlab.norms import kernels
+from normlab.norms import kernels, sync
 from normlab.norms.diagnostics import NormDiagnostics
 from normlab.norms.stats import batch_stats, unbiased, values_per_channel
 
@@ -82,6 +88,8 @@ class RunningStatsNorm(nn.Module):
     # the diagnostics a layer that clips corrections records: per field, the fraction of
     # channels clipped (one row each of the step's raw record, filled by the layer)
     clip_fields: ClassVar[tuple[str, ...]] = ()
+    # True: synced_train_forward takes the statistics over every rank (norm.sync)
+    syncable: ClassVar[bool] = False
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
@@ -98,6 +106,7 @@ class RunningStatsNorm(nn.Module):
         self.track_diagnostics = True
         self.statistics = "batch"
         self.track_running = True
+        self.sync_statistics = False
         self.diagnostics = NormDiagnostics(num_features, self.clip_fields)
         self.compiled_step = kernels.ENABLED
 
@@ -146,6 +155,8 @@ class RunningStatsNorm(nn.Module):
                 return self.forward(x.to(weight.dtype)).to(x.dtype)
         if not self.training:
             return self.eval_forward(x)
+        if self.sync_statistics:
+            return self._synced_forward(x)
         if self._statistics == "population":
             return self.population_forward(x)
         if self.track_diagnostics and not self.records_diagnostics:
@@ -156,23 +167,39 @@ class RunningStatsNorm(nn.Module):
         """The training-mode forward; it updates the running statistics."""
         raise NotImplementedError
 
+    def synced_train_forward(self, x: Tensor) -> Tensor:
+        """The training-mode forward with statistics over every rank's slice of the batch."""
+        raise NotImplementedError
+
+    def _synced_forward(self, x: Tensor) -> Tensor:
+        if self._statistics == "batch":
+            return self.synced_train_forward(x)
+        with torch.no_grad():
+            mean, var, count = sync.global_moments(x)
+        return self.population_forward(x, (mean, var, count))
+
     def eval_forward(self, x: Tensor) -> Tensor:
         mean, var = self.population_stats()
         return F.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
 
-    def population_forward(self, x: Tensor) -> Tensor:
+    def population_forward(
+        self, x: Tensor, synced: tuple[Tensor, Tensor, int] | None = None
+    ) -> Tensor:
         """The training-mode forward with population statistics: the batch normalized with the
         running statistics as they were before it, then absorbed unless ``track_running`` is
         off. The statistics are copies: autograd keeps what the forward read, and the buffers
-        change in place afterwards."""
+        change in place afterwards. ``synced``: the global batch's mean, variance and count,
+        absorbed instead of this slice's."""
         with torch.no_grad():
-            mean, var = batch_stats(x)
+            mean, var = batch_stats(x) if synced is None else synced[:2]
             # a clipping layer applies no r or d with population statistics: nothing is clipped
             unclipped = (torch.zeros_like(mean, dtype=torch.bool),) * len(self.clip_fields)
             self._record(mean, var, unclipped)
             used_mean, used_var = (s.clone() for s in self.population_stats())
         y = F.batch_norm(x, used_mean, used_var, self.weight, self.bias, False, 0.0, self.eps)
-        if self.track_running:
+        if self.track_running and synced is not None:
+            self.update_running(mean, var, synced[2])
+        elif self.track_running:
             self.absorb(x, mean, var)
         return y
 

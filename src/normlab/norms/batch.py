@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from normlab.errors import ConfigError
-from normlab.norms import kernels
+from normlab.norms import kernels, sync
 from normlab.norms.base import RunningStatsNorm
 from normlab.norms.options import RunFacts, at_least, option, optional, positive
 from normlab.norms.registry import Mode, Style, register
@@ -42,6 +42,7 @@ class BatchNorm(RunningStatsNorm):
 
     records_diagnostics = True
     channel_separable = True
+    syncable = True
 
     def __init__(
         self,
@@ -91,6 +92,13 @@ class BatchNorm(RunningStatsNorm):
             var = invstd.detach().pow(-2) - self.eps
             self.diagnostics.record(mean.detach(), var, *before, self.eps)
         return y
+
+    def synced_train_forward(self, x: Tensor) -> Tensor:
+        mean, var, count = sync.global_moments(x)
+        with torch.no_grad():
+            self._record(mean.detach(), var.detach())
+            self.update_running(mean.detach(), var.detach(), count)
+        return sync.normalize(x, self.weight, self.bias, mean, var, self.eps)
 
     def _ghost_forward(self, x: Tensor, size: int) -> Tensor:
         if x.shape[0] % size:

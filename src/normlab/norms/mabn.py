@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
+from normlab.norms import sync
 from normlab.norms.base import RunningStatsNorm
 from normlab.norms.options import at_least, option, positive
 from normlab.norms.registry import Mode, Style, register
@@ -31,14 +33,16 @@ class _MABNNormalize(torch.autograd.Function):
     the exact gradient of ``z`` with ``var = <x^2>`` and r a constant), otherwise the mean of the
     ``psi`` of the last ``len(psi_window)`` steps, this one's written into row ``slot`` first.
     ``z`` is never stored: ``psi``, the weight gradient and ``grad_x`` are per-channel factors of
-    ``<grad_out * x>`` and of ``grad_out`` and ``x``.
+    ``<grad_out * x>`` and of ``grad_out`` and ``x``. ``synced_count``: the values per channel of
+    the global batch whose slice ``x`` is (``norm.sync``); ``psi`` is then summed over ranks.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, inv_std, r, psi_window, slot, use_batch_psi):
+    def forward(ctx, x, weight, bias, inv_std, r, psi_window, slot, use_batch_psi, synced_count):
         scale = weight * r * inv_std
         ctx.save_for_backward(x, weight, inv_std, r, slot, use_batch_psi)
         ctx.psi_window = psi_window
+        ctx.synced_count = synced_count
         return torch.addcmul(channel_view(bias, x), x, channel_view(scale, x))
 
     @staticmethod
@@ -49,14 +53,17 @@ class _MABNNormalize(torch.autograd.Function):
         dims = reduction_dims(x)
         grad_dot_x = (grad_out * x).sum(dim=dims)
         r_inv_std = r * inv_std
-        psi = (weight * r_inv_std * grad_dot_x).div_(values_per_channel(x))
+        psi = weight * r_inv_std * grad_dot_x
+        if ctx.synced_count is not None:
+            dist.all_reduce(psi)
+        psi.div_(ctx.synced_count or values_per_channel(x))
         window.index_copy_(0, slot.view(1), psi.unsqueeze(0))
         psi_used = torch.where(use_batch_psi, psi, window.mean(dim=0))
         grad_x = grad_out * channel_view(weight * r_inv_std, x)
         grad_x.sub_(x * channel_view(inv_std.square() * psi_used, x))
         grad_weight = r_inv_std * grad_dot_x if ctx.needs_input_grad[1] else None
         grad_bias = grad_out.sum(dim=dims) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_weight, grad_bias, None, None, None, None, None
+        return grad_x, grad_weight, grad_bias, None, None, None, None, None, None
 
 
 class MovingAverageBatchNorm(RunningStatsNorm):
@@ -99,6 +106,7 @@ class MovingAverageBatchNorm(RunningStatsNorm):
     """
 
     channel_separable = False  # the (K, C) windows do not widen with the 1-D buffers
+    syncable = True
 
     def __init__(
         self,
@@ -131,10 +139,21 @@ class MovingAverageBatchNorm(RunningStatsNorm):
 
     def train_forward(self, x: Tensor) -> Tensor:
         with torch.no_grad():
+            x2 = x.square().sum(dim=reduction_dims(x)).div_(values_per_channel(x))
+        return self._normalize(x, x2, None)
+
+    def synced_train_forward(self, x: Tensor) -> Tensor:
+        """``<x^2>`` and ``psi`` over the global batch; the diagnostics its mean and variance."""
+        with torch.no_grad():
+            mean, var, count = sync.global_moments(x)
+            self._record(mean, var)
+        return self._normalize(x, var + mean.square(), count)
+
+    def _normalize(self, x: Tensor, x2: Tensor, synced_count: int | None) -> Tensor:
+        with torch.no_grad():
             self.num_batches_tracked += 1
             step = self.num_batches_tracked
             slot = step % self.buffer_size
-            x2 = x.square().sum(dim=reduction_dims(x)).div_(values_per_channel(x))
             self.x2_window.index_copy_(0, slot.view(1), x2.unsqueeze(0))
             batch_phase = (step <= self.buffer_size) | (step < self.warmup_iters)
             var = x2
@@ -145,7 +164,15 @@ class MovingAverageBatchNorm(RunningStatsNorm):
             self.running_var.lerp_(var, self.momentum)
         use_batch_psi = batch_phase if self.sma_backward else torch.ones_like(batch_phase)
         return _MABNNormalize.apply(
-            x, self.weight, self.bias, inv_std, r, self.psi_window, slot, use_batch_psi
+            x,
+            self.weight,
+            self.bias,
+            inv_std,
+            r,
+            self.psi_window,
+            slot,
+            use_batch_psi,
+            synced_count,
         )
 
     def _r(self, var: Tensor, step: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from normlab.errors import ConfigError
-from normlab.norms import kernels
+from normlab.norms import kernels, sync
 from normlab.norms.base import RunningStatsNorm
 from normlab.norms.options import RunFacts, one_of, option, positive
 from normlab.norms.registry import Mode, Style, register
@@ -41,6 +41,7 @@ class MovingAverageNorm(RunningStatsNorm):
 
     records_diagnostics = True
     channel_separable = True
+    syncable = True
 
     def __init__(
         self,
@@ -73,6 +74,17 @@ class MovingAverageNorm(RunningStatsNorm):
         self._record(mean, var)
         if self.grad_through_batch:
             return self._forward_through_batch(x, n)
+        return self._forward_with_constants(x, mean, var, n)
+
+    def synced_train_forward(self, x: Tensor) -> Tensor:
+        with torch.set_grad_enabled(self.grad_through_batch and torch.is_grad_enabled()):
+            mean, var, n = sync.global_moments(x)
+        self._record(mean.detach(), var.detach())
+        if self.grad_through_batch:
+            return self._normalize_through(x, mean, var * (n / (n - 1)) if n > 1 else None)
+        return self._forward_with_constants(x, mean, var, n)
+
+    def _forward_with_constants(self, x: Tensor, mean: Tensor, var: Tensor, n: int) -> Tensor:
         if self.update == "before":
             self.update_running(mean, var, n)
         y = normalize_with_constant_stats(
@@ -84,12 +96,19 @@ class MovingAverageNorm(RunningStatsNorm):
 
     def _forward_through_batch(self, x: Tensor, n: int) -> Tensor:
         dims = reduction_dims(x)
-        m = self.momentum
         # plain sums, differentiable: x.var over (N, H, W) of an NCHW tensor is slow on CPU
         batch_mean = x.sum(dim=dims) / n
-        used_mean = (1 - m) * self.running_mean + m * batch_mean
+        batch_var = None
         if n > 1:
             batch_var = (x - channel_view(batch_mean, x)).square().sum(dim=dims) / (n - 1)
+        return self._normalize_through(x, batch_mean, batch_var)
+
+    def _normalize_through(self, x: Tensor, batch_mean: Tensor, batch_var: Tensor | None):
+        """Normalize with this batch's share of the averages, the gradient flowing through
+        ``batch_mean`` and ``batch_var`` (unbiased; None: one value per channel)."""
+        m = self.momentum
+        used_mean = (1 - m) * self.running_mean + m * batch_mean
+        if batch_var is not None:
             used_var = (1 - m) * self.running_var + m * batch_var
         else:
             used_var = self.running_var.clone()

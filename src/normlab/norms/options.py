@@ -84,6 +84,16 @@ class SwitchOptions:
 
 
 @dataclass(frozen=True)
+class SyncOptions:
+    """Options every mode's node holds for data-parallel runs (``distributed.world_size > 1``):
+    ``sync`` aggregates each layer's batch statistics over every rank's slice of the batch
+    (:mod:`normlab.norms.sync`), false keeps each device's own. Only a layer that declares
+    ``syncable`` takes it."""
+
+    sync: bool = option(False)
+
+
+@dataclass(frozen=True)
 class RunFacts:
     """What an option may need to know of the run it is checked for."""
 
@@ -100,9 +110,10 @@ def config_schema(mode: str, cls: type) -> type:
     """A structured config for Hydra (``conf/norm/NAME.yaml`` extends it): ``mode``, every
     option with its type and default, so a YAML need not repeat them and every option can be
     overridden on the command line, and the :class:`SwitchOptions` (every mode's node holds
-    them, so that a mode without running statistics refuses them with its own message)."""
+    them, so that a mode without running statistics refuses them with its own message) and the
+    :class:`SyncOptions`."""
     specs = [("mode", str, field(default=mode))]
-    for options in (cls, SwitchOptions):
+    for options in (cls, SwitchOptions, SyncOptions):
         hints = typing.get_type_hints(options)
         specs += [(f.name, hints[f.name], _schema_field(f)) for f in dataclasses.fields(options)]
     name = "".join(part.title() for part in mode.split("_")) + "NormConfig"

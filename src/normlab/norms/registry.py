@@ -21,7 +21,9 @@ directory), built as ``Class(num_features, **options)`` with Hydra's ``instantia
 Every mode whose layer is a :class:`~normlab.norms.base.RunningStatsNorm` also takes the
 :class:`~normlab.norms.options.SwitchOptions` (``norm.switch_at``, ``norm.switch_freeze``): they
 are the choice's ``switch``, never the layer's keywords, and appear in the run's record only
-when set away from their defaults (so no earlier run's id changes).
+when set away from their defaults (so no earlier run's id changes). Likewise
+:class:`~normlab.norms.options.SyncOptions` (``norm.sync``), the choice's ``sync``, taken only by
+a layer whose class says ``syncable``.
 """
 
 from __future__ import annotations
@@ -147,6 +149,7 @@ class NormChoice:
     target: str | None = None
     layer_class: type = field(default=nn.Module, compare=False, repr=False)
     switch: opts.SwitchOptions = field(default_factory=opts.SwitchOptions)
+    sync: bool = False
 
     @property
     def registered(self) -> Mode | None:
@@ -188,7 +191,7 @@ class NormChoice:
             k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
             for k, v in self.options_dict().items()
         }
-        return {**node, **options, **self.switch_set()}
+        return {**node, **options, **self.switch_set(), **({"sync": True} if self.sync else {})}
 
     def switch_set(self) -> dict[str, Any]:
         """The switch options set away from their defaults."""
@@ -204,8 +207,9 @@ class NormChoice:
         switch = opts.SwitchOptions()
         if self.target:
             defaults = _signature_defaults(self.layer_class)
-            return dataclasses.replace(self, options=defaults, switch=switch)
-        return dataclasses.replace(self, options=self.options.__class__(), switch=switch)
+            return dataclasses.replace(self, options=defaults, switch=switch, sync=False)
+        options = self.options.__class__()
+        return dataclasses.replace(self, options=options, switch=switch, sync=False)
 
     def label(self) -> str:
         mode = self.registered
@@ -238,6 +242,9 @@ class NormChoice:
     def check(self, facts: opts.RunFacts) -> None:
         if not self.target:
             opts.check(self.options, facts, "norm")
+        if self.sync and getattr(self.options, "virtual_batch_size", None) is not None:
+            allowed = "false with norm.virtual_batch_size (a ghost batch is one device's own)"
+            raise ConfigError("norm.sync", True, allowed)
 
 
 def choose(node: Mapping[str, Any], name: str | None = None) -> NormChoice:
@@ -247,6 +254,7 @@ def choose(node: Mapping[str, Any], name: str | None = None) -> NormChoice:
     target = values.pop("_target_", None)
     mode = values.pop("mode", None) or name
     switch_values = {k: values.pop(k) for k in opts.option_names(opts.SwitchOptions) if k in values}
+    sync_values = {k: values.pop(k) for k in opts.option_names(opts.SyncOptions) if k in values}
     if target is None:
         if mode not in _MODES:
             raise ConfigError(
@@ -255,13 +263,15 @@ def choose(node: Mapping[str, Any], name: str | None = None) -> NormChoice:
         registered = _MODES[mode]
         options = opts.parse(registered.options, values, "norm")
         switch = _switch(switch_values, registered.layer)
-        return NormChoice(mode, options, None, registered.layer, switch)
+        sync = _sync(sync_values, registered.layer)
+        return NormChoice(mode, options, None, registered.layer, switch, sync)
     if not mode:
         raise ConfigError("norm", target, "a config chosen by name (norm=NAME) or with norm.mode")
     if mode in _MODES:
         raise ConfigError("norm.mode", mode, f"a name no registered mode has ({', '.join(_MODES)})")
     cls = _import_class(target)
     switch = _switch(switch_values, cls)
+    sync = _sync(sync_values, cls)
     schedules = own_schedules(cls)
     _check_keywords(cls, target, {k: v for k, v in values.items() if k not in schedules})
     for name in sorted(schedules):
@@ -270,7 +280,7 @@ def choose(node: Mapping[str, Any], name: str | None = None) -> NormChoice:
             allowed = f"a schedule of {name}, which {target} follows (kind, value, start, ...)"
             raise ConfigError(f"norm.{name}", values.get(name), allowed)
         values[name] = schedule
-    return NormChoice(str(mode), values, str(target), cls, switch)
+    return NormChoice(str(mode), values, str(target), cls, switch, sync)
 
 
 def _switch(values: Mapping[str, Any], layer_class: type) -> opts.SwitchOptions:
@@ -286,6 +296,19 @@ def _switch(values: Mapping[str, Any], layer_class: type) -> opts.SwitchOptions:
     if switch.switch_freeze and switch.switch_at is None:
         raise ConfigError("norm.switch_freeze", True, "false unless norm.switch_at is set")
     return switch
+
+
+def _sync(values: Mapping[str, Any], layer_class: type) -> bool:
+    """``norm.sync``: only a layer class that declares ``syncable`` aggregates its statistics
+    over ranks (a batch-independent mode has none; ``online``'s run through the samples in
+    order, which ranks holding different samples cannot share)."""
+    sync = opts.parse(opts.SyncOptions, values, "norm").sync
+    if sync and not getattr(layer_class, "syncable", False):
+        modes = [m.name for m in _MODES.values() if getattr(m.layer, "syncable", False)]
+        raise ConfigError(
+            "norm.sync", True, f"false for this mode; true only for {', '.join(modes)}"
+        )
+    return sync
 
 
 def own_schedules(layer_class: type) -> set[str]:

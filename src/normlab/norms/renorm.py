@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from normlab.norms import kernels
+from normlab.norms import kernels, sync
 from normlab.norms.base import RunningStatsNorm, Scheduled
 from normlab.norms.options import option, positive, scheduled
 from normlab.norms.registry import Mode, Style, register
@@ -60,6 +60,7 @@ class BatchRenorm(RunningStatsNorm):
     }
     records_diagnostics = True
     channel_separable = True
+    syncable = True
     clip_fields = tuple(q.name for q in CLIPPED)  # r, then d: the order train_forward records
 
     def __init__(
@@ -153,6 +154,22 @@ class BatchRenorm(RunningStatsNorm):
         )
         with torch.no_grad():
             self._update_running_std(mean, batch_std)
+        return y
+
+    def synced_train_forward(self, x: Tensor) -> Tensor:
+        mean, var, _ = sync.global_moments(x)
+        with torch.no_grad():
+            batch_mean, batch_var = mean.detach(), var.detach()
+            batch_std = (batch_var + self.eps).sqrt_()
+            r_raw = batch_std / self.running_std
+            d_raw = (batch_mean - self.running_mean).div_(self.running_std)
+            r = r_raw.clamp(1.0 / self.rmax, self.rmax)
+            d = d_raw.clamp(-self.dmax, self.dmax)
+            self._record(batch_mean, batch_var, (r != r_raw, d != d_raw))
+        shift = torch.addcmul(self.bias, self.weight, d)
+        y = sync.normalize(x, self.weight * r, shift, mean, var, self.eps)
+        with torch.no_grad():
+            self._update_running_std(batch_mean, batch_std)
         return y
 
 
