@@ -19,6 +19,7 @@ from normlab.tables import write_table
 GN_SOURCE = "Wu & He 2018 (arXiv 1803.08494), Fig. 1"
 BRN_SOURCE = "Ioffe 2017 (arXiv 1702.03275)"
 RETHINKING_SOURCE = "Wu & Johnson 2021 (arXiv 2105.07576), Table 2"
+MABN_SOURCE = "Yan et al. 2020 (arXiv 2001.06838), github.com/megvii-model/MABN README"
 RESNET50 = "ResNet-50, ImageNet, top-1 error (%)"
 INCEPTION = "Inception-v3, ImageNet, top-1 accuracy (%)"
 
@@ -28,6 +29,9 @@ GN_ERROR = {
     "GN": {32: 24.1, 16: 24.2, 8: 24.0, 4: 24.2, 2: 24.1},
 }
 GN_REFERENCE = 32
+# ResNet-50 ImageNet top-1 error at normalization batch 2 (SGD batch 32), and BN at 32: the
+# authors' README prints accuracies (BN@32 76.59, BN 64.78, BRN 69.71, MABN 76.33); 100 − those
+MABN_ERROR = {"BN@32": 23.41, "BN": 35.22, "BRN": 30.29, "MABN": 23.67}
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,16 @@ PUBLISHED: tuple[Published, ...] = (
         ("BRN", 78.5),
         ("BN", 67.0),
         78.5 - 67.0,
+    ),
+    Published(
+        "mabn_small_batch",
+        MABN_SOURCE,
+        RESNET50,
+        "normalization batch 2, SGD batch 32 (BRN 30.29, BN at 32: 23.41)",
+        ("MABN", MABN_ERROR["MABN"]),
+        ("BN", MABN_ERROR["BN"]),
+        MABN_ERROR["BN"] - MABN_ERROR["MABN"],  # acc(MABN) − acc(BN) = err(BN) − err(MABN)
+        2,
     ),
     Published(
         "rethinking_small",

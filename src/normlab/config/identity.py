@@ -139,16 +139,12 @@ def _changed(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str
 _ABSENT = object()
 
 
-# what a run's label gains where its model centres the weights before each norm
-CENTRED_WEIGHTS = "centred weights"
-
-
 def norm_record(run: RunConfig) -> dict[str, Any]:
     """The mode's fields for ``summary.json`` (:meth:`NormChoice.record`), its ``norm_label``
     naming the centred weights where the model has them, so such runs are drawn apart."""
     fields = run.norm.record(run.batch_size)
     if run.model.centred_weights:
-        fields["norm_label"] = f"{fields['norm_label']} + {CENTRED_WEIGHTS}"
+        fields["norm_label"] = registry.centred_label(fields["norm_label"])
     return fields
 
 
