@@ -3,11 +3,12 @@
 Composes every point of each preset's grid (``hydra.sweeper.params`` of
 ``conf/experiment/<preset>.yaml``, the cartesian product, as Hydra's basic sweeper expands it)
 through the real configs, computes each run's id and looks for it under
-``<results>/runs/<preset>/``. A study preset (a ``study`` node, seeds not in its grid) is
+``<results>/runs/<sweep>/``. A study preset (a ``study`` node, seeds not in its grid) is
 checked stage by stage as ``normlab-study`` runs it: the learning-rate selection (grid ×
 ``study.lr_factors`` × ``study.select_seeds`` on the validation split, under
-``<preset>_select/``), then the final runs (grid × ``study.seeds`` at the chosen factors of
-``<preset>_select/lr_choice.json``). Trains nothing.
+``<sweep>_select/``), then the final runs (grid × ``study.seeds`` at the chosen factors of
+``<sweep>_select/lr_choice.json``), ``<sweep>`` being the preset's ``sweep`` (its name, unless
+it adds cells to another study). Trains nothing.
 
     python scripts/check_presets.py                       # every preset with committed records
     python scripts/check_presets.py blowup seed_question  # these presets
@@ -39,10 +40,11 @@ def grid(preset: str) -> tuple[list[str], list[list[str]]]:
 
 def stages(preset: str, runs_dir: Path) -> list[tuple[str, list[str], dict[str, list[str]]]]:
     """(sweep, fixed overrides, extra swept keys) of each stage re-running the preset trains."""
-    study = _compose(preset, []).get("study")
+    cfg = _compose(preset, [])
+    study, sweep = cfg.get("study"), cfg.sweep
     if not study or not study.get("seeds") or "seed" in grid(preset)[0]:
-        return [(preset, [], {})]  # a plain sweep (its grid names the seeds): normlab-train -m
-    select = f"{preset}_select"
+        return [(sweep, [], {})]  # a plain sweep (its grid names the seeds): normlab-train -m
+    select = f"{sweep}_select"
     return [
         (
             select,
@@ -53,8 +55,8 @@ def stages(preset: str, runs_dir: Path) -> list[tuple[str, list[str], dict[str, 
             },
         ),
         (
-            preset,
-            [f"sweep={preset}", f"optim.lr_choice={runs_dir / select / 'lr_choice.json'}"],
+            sweep,
+            [f"sweep={sweep}", f"optim.lr_choice={runs_dir / select / 'lr_choice.json'}"],
             {"seed": [str(s) for s in study.seeds]},
         ),
     ]

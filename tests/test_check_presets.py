@@ -51,3 +51,19 @@ def test_the_committed_study_records_are_all_found(tmp_path):
     select = check_presets.stages("renorm_non_iid_cnn1d", empty)[0]
     total, missing = check_presets.missing_runs("renorm_non_iid_cnn1d", empty, *select)
     assert total == len(missing) == 8
+
+
+def test_a_preset_that_grows_another_study_is_checked_in_that_studys_sweep():
+    # conf/experiment/seed_proposal_cnn1d.yaml: moving_average under ramp and cumulative
+    # momentum at the seed question's 4 batch sizes, in seed_question_cnn1d's sweep
+    select, final = check_presets.stages("seed_proposal_cnn1d", RUNS)
+    assert select[0] == "seed_question_cnn1d_select"
+    assert final[0] == "seed_question_cnn1d"
+    assert str(RUNS / "seed_question_cnn1d_select" / "lr_choice.json") in final[1][-1]
+    assert len(list(check_presets.points("seed_proposal_cnn1d", select[2]))) == 2 * 4 * 4
+    keys, values = check_presets.grid("seed_proposal_cnn1d")
+    assert dict(zip(keys, values, strict=True)) == {
+        "norm": ["moving_average"],
+        "batch_size": ["1", "4", "16", "128"],
+        "momentum": ["ramp", "cumulative"],
+    }

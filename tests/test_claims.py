@@ -187,6 +187,8 @@ def test_every_claim_gets_its_verdict(verdicts):
         "online_flat": "does not hold",
         "rethinking_small": "holds",
         "rethinking_large": "inconclusive",
+        "seed_proposal": "not tested here",
+        "mabn_small_batch": "not tested here",
     }
 
 
@@ -346,6 +348,7 @@ def test_published_effects_by_hand():
     assert effects[("brn_non_iid", None)] == pytest.approx(11.5)
     assert effects[("rethinking_small", 2)] == pytest.approx(3.5)
     assert effects[("rethinking_large", 32)] == pytest.approx(0.2)
+    assert effects[("mabn_small_batch", 2)] == pytest.approx(35.22 - 23.67)  # 64.78 vs 76.33 acc
     assert all(p.source for p in papers.PUBLISHED)
 
 
@@ -500,3 +503,91 @@ def test_claims_and_results_import_without_torch():
     code = "import normlab.claims, normlab.results, sys; assert 'torch' not in sys.modules"
     env = {**os.environ, "PYTHONPATH": str(Path(claims.__file__).parents[2])}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+# ----------------------------------------------------------------------------- the proposal, MABN
+
+
+def schedule_record(root, sweep, label, batch_size, seed, recorded, kind, diverged=False, **kw):
+    """A record of ``label`` (its mode the label's first word) trained under the momentum
+    schedule ``kind`` (as config.momentum.kind records it: ramp is ``linear``)."""
+    mode = label.split(" ")[0]
+    config = {
+        "norm": norm_node(mode),
+        "momentum": {"kind": kind},
+        "data": {"name": "mnist1d", "sampler": "iid"},
+        "model": {"name": "mlp", "depth": 3, "centred_weights": "centred" in label},
+        "batch_size": batch_size,
+        "seed": seed,
+        "sweep": sweep,
+    }
+    fields = {
+        "status": "diverged" if diverged else "completed",
+        "norm_label": label,
+        "statistics_batch_size": kw.get("statistics", batch_size),
+        "eval_split": "test",
+        "final": {"val_acc_eval": recorded},
+    }
+    rows = [{"step": 10, "loss": math.inf if diverged else 1.0, "val_acc_eval": recorded}]
+    name = f"{sweep}-{label}-{kind}-bs{batch_size}-s{seed}".replace(" ", "_")
+    return write_record(root, sweep, name, config, fields, rows)
+
+
+def schedule_runs(root, sweep, label, batch_size, accuracies, kind, **kw):
+    for seed, accuracy in enumerate(accuracies):
+        schedule_record(root, sweep, label, batch_size, seed, accuracy, kind, **kw)
+
+
+def test_seed_proposal_compares_the_ramp_with_batch_at_constant_momentum(tmp_path):
+    """Batch 4: moving_average under ramp (kind linear) − batch (constant) per seed is −0.002,
+    −0.001, 0, −0.002: mean −0.00125, s = sqrt(2.75e-6 / 3) = 0.00095743, half-width
+    3.182 · s / 2 = 0.0015233, so [−0.0027733, 0.0002733], above −1 pp (t = 18.3 against
+    −0.01, p < 0.001 even doubled by Holm): holds. Batch 1: the ramp runs all diverged (chance
+    0.1) against 0.30 … 0.33: −0.215 [−0.2355, −0.1945]: does not hold. The claim is mixed.
+    The constant-momentum moving_average runs (far worse) and batch under the ramp (far better)
+    are not what it compares; the seed question compares each schedule with its own."""
+    batch = [0.60, 0.62, 0.64, 0.66]
+    schedule_runs(tmp_path, "prop", "batch", 4, batch, "constant")
+    schedule_runs(tmp_path, "prop", "moving_average", 4, [0.598, 0.619, 0.640, 0.658], "linear")
+    schedule_runs(tmp_path, "prop", "moving_average", 4, [0.40, 0.41, 0.42, 0.43], "constant")
+    schedule_runs(tmp_path, "prop", "batch", 4, [0.90, 0.91, 0.92, 0.93], "linear")
+    schedule_runs(tmp_path, "prop", "batch", 1, [0.30, 0.31, 0.32, 0.33], "constant")
+    schedule_runs(tmp_path, "prop", "moving_average", 1, [0.5] * 4, "linear", diverged=True)
+    results = {r.claim.key: r for r in claims.evaluate(load_runs(tmp_path))}
+    proposal = results["seed_proposal"]
+    small = {f.batch_size: f for f in proposal.findings}
+    assert set(small) == {1, 4} and small[4].setting == "batch 4"
+    assert bounds(small[4]) == pytest.approx((-0.00125, -0.0027733, 0.0002733), abs=1e-6)
+    assert small[4].verdict == "holds"
+    # diffs −0.20, −0.21, −0.22, −0.23: s = 0.012910, half-width 3.182 · s / 2 = 0.02054
+    assert bounds(small[1]) == pytest.approx((-0.215, -0.23554, -0.19446), abs=1e-4)
+    assert small[1].verdict == "does not hold"
+    assert proposal.verdict == "mixed"
+    question = {f.setting: f.effect.estimate for f in results["seed_question"].findings}
+    assert question == pytest.approx(  # batch − moving_average under one schedule
+        {"batch 4, momentum=constant": 0.215, "batch 4, momentum=linear": 0.28625}, abs=1e-9
+    )
+
+
+def test_mabn_small_batch_compares_the_full_method_with_batch(tmp_path):
+    """Batch 2: mabn + centred weights − batch per seed 0.20, 0.19, 0.21, 0.21: mean 0.2025,
+    s = 0.0095743, half-width 3.182 · s / 2 = 0.015233: [0.18727, 0.21773], holds. mabn
+    without centred weights, ghost batch norm under batch 32 and BN at 32 are not compared."""
+    schedule_runs(tmp_path, "mabn", "batch", 2, [0.50, 0.53, 0.50, 0.52], "constant")
+    schedule_runs(
+        tmp_path, "mabn", "mabn + centred weights", 2, [0.70, 0.72, 0.71, 0.73], "constant"
+    )
+    schedule_runs(tmp_path, "mabn", "mabn", 2, [0.1] * 4, "constant")
+    schedule_runs(tmp_path, "mabn", "batch (ghost)", 32, [0.6] * 4, "constant", statistics=2)
+    schedule_runs(tmp_path, "mabn", "batch", 32, [0.9] * 4, "constant")
+    (result,) = claims.evaluate(
+        load_runs(tmp_path), [c for c in claims.CLAIMS if c.key == "mabn_small_batch"]
+    )
+    (found,) = result.findings
+    assert (found.batch_size, found.effect.n) == (2, 4)
+    assert bounds(found) == pytest.approx((0.2025, 0.18727, 0.21773), abs=1e-5)
+    assert result.verdict == "holds"
+    table = papers.beside_table([result])
+    (beside,) = table.loc[table["claim"] == "mabn_small_batch"].to_dict("records")
+    assert beside["paper effect (pp)"] == "+11.5"  # 35.22 − 23.67 = 11.5499… in binary
+    assert beside["direction"] == "same"

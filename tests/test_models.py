@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from normlab import models
 from normlab.models import build_model
@@ -267,3 +268,106 @@ def test_bad_arguments_raise_value_error_naming_them(name, shape, kwargs, argume
 def test_unknown_model_error_lists_the_models():
     with pytest.raises(ValueError, match="mlp, cnn1d, cnn, resnet20"):
         build_model("vgg", (1, 40), NUM_CLASSES, identity)
+
+
+# ----------------------------------------------------------------------------- centred weights
+
+
+def authors_centred(weight: torch.Tensor) -> torch.Tensor:
+    """MABN.py's CenConv2d.forward, generalized to any number of input dims: the weight less its
+    mean over dim 1, then dim 2, then dim 3 ... (each kept), one output unit at a time."""
+    mean = weight
+    for dim in range(1, weight.dim()):
+        mean = mean.mean(dim=dim, keepdim=True)
+    return weight - mean
+
+
+LAYERS = {
+    "linear": (lambda: nn.Linear(6, 4), (5, 6), F.linear, {}),
+    "conv1d": (lambda: nn.Conv1d(3, 4, 3, padding=1), (2, 3, 7), F.conv1d, {"padding": 1}),
+    "conv2d": (lambda: nn.Conv2d(3, 4, 3, stride=2), (2, 3, 6, 6), F.conv2d, {"stride": 2}),
+    "grouped": (lambda: nn.Conv2d(4, 6, 3, groups=2), (2, 4, 5, 5), F.conv2d, {"groups": 2}),
+}
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_a_centred_layer_is_the_plain_layer_with_the_authors_centred_weight(kind):
+    """In float64: the output is the plain op with the weight centred as CenConv2d centres it
+    (the bias untouched), and the raw weight's gradient is what autograd gives through the
+    authors' centring, which is the centred weight's gradient less its mean per output unit."""
+    make, shape, op, keywords = LAYERS[kind]
+    torch.manual_seed(0)
+    layer = make().double()
+    with torch.no_grad():
+        layer.bias.normal_()
+    raw = layer.weight.detach().clone()
+    bias = layer.bias.detach().clone()
+    models.centre_weights(layer)
+    x = torch.randn(*shape, dtype=torch.float64)
+    grad_out = torch.randn_like(layer(x))
+
+    reference_weight = raw.clone().requires_grad_(True)
+    centred = authors_centred(reference_weight)
+    expected = op(x, centred, bias, **keywords)
+    (expected * grad_out).sum().backward()
+
+    out = layer(x)
+    (out * grad_out).sum().backward()
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(layer.weight, centred.detach(), rtol=0, atol=1e-15)
+    rows = layer.weight.detach().flatten(1)
+    assert rows.sum(dim=1).abs().max() < 1e-13, "each output unit's weights sum to zero"
+    original = layer.parametrizations.weight.original
+    torch.testing.assert_close(original, raw, rtol=0, atol=0)
+    torch.testing.assert_close(original.grad, reference_weight.grad, rtol=0, atol=1e-12)
+    leaf = centred.detach().requires_grad_(True)
+    (plain_grad,) = torch.autograd.grad((op(x, leaf, bias, **keywords) * grad_out).sum(), leaf)
+    by_unit = plain_grad.flatten(1)
+    by_hand = (by_unit - by_unit.mean(dim=1, keepdim=True)).view_as(plain_grad)
+    torch.testing.assert_close(original.grad, by_hand, rtol=0, atol=1e-12)
+    torch.testing.assert_close(layer.bias.grad, grad_out.sum(dim=[0, *range(2, out.dim())]))
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_every_model_centres_the_weights_before_each_norm_and_only_those(name):
+    shape = TYPICAL_SHAPES[name]
+    built = {}
+    for centred in (False, True):
+        torch.manual_seed(0)
+        built[centred] = build_model(
+            name, shape, NUM_CLASSES, identity, bias_before_norm=True, centred_weights=centred
+        )
+    plain, centred = built[False], built[True]
+    layers = hidden_layers(centred)
+    assert len(layers) == len(EXPECTED_NORM_CHANNELS[name]), "one per norm"
+    for layer, plain_layer in zip(layers, hidden_layers(plain), strict=True):
+        assert parametrize.is_parametrized(layer, "weight")
+        raw = layer.parametrizations.weight.original
+        torch.testing.assert_close(raw, plain_layer.weight, rtol=0, atol=0)  # the same draws
+        torch.testing.assert_close(layer.weight, authors_centred(plain_layer.weight))
+        torch.testing.assert_close(layer.bias, plain_layer.bias, rtol=0, atol=0)
+    assert not parametrize.is_parametrized(centred.head)
+    # the function: the plain model with its pre-norm weights centred by hand
+    with torch.no_grad():
+        for plain_layer in hidden_layers(plain):
+            plain_layer.weight.copy_(authors_centred(plain_layer.weight))
+    x = torch.randn(3, *shape)
+    torch.testing.assert_close(centred(x), plain(x))
+    F.cross_entropy(centred(x), torch.arange(3)).backward()
+    assert all(layer.parametrizations.weight.original.grad is not None for layer in layers)
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_each_norm_reads_the_output_of_a_centred_layer(name):
+    norm = RecordingNorm(batch_norm_for(name))
+    model = build_model(name, TYPICAL_SHAPES[name], NUM_CLASSES, norm, centred_weights=True)
+    outputs, inputs = [], []
+    for layer in hidden_layers(model):
+        layer.register_forward_hook(lambda mod, args, out: outputs.append((mod, out)))
+    for module in norm.modules:
+        module.register_forward_hook(lambda mod, args, out: inputs.append(args[0]))
+    model(torch.randn(2, *TYPICAL_SHAPES[name]))
+    assert len(inputs) == len(norm.modules)
+    for norm_input in inputs:
+        producer = next(mod for mod, out in outputs if out is norm_input)
+        assert parametrize.is_parametrized(producer, "weight")

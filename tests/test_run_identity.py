@@ -11,10 +11,12 @@ from dataclasses import dataclass
 import pytest
 import yaml
 from conftest import REPO
+from hydra.errors import ConfigCompositionException
 
-from normlab.config.identity import ID_VERSION, record_config, run_id
+from normlab.config.identity import ID_VERSION, from_record, norm_record, record_config, run_id
 from normlab.config.schema import OptimConfig
 from normlab.config.validation import validate
+from normlab.errors import ConfigError
 from normlab.norms import registry
 from normlab.norms.options import option, positive
 
@@ -127,3 +129,38 @@ def test_migration_gives_a_current_record_the_quantities_its_mode_declares(tmp_p
     batch = (copies["batch"] / "summary.json").read_text()
     assert migrate_records.complete(copies["batch"], dry_run=False) == []
     assert (copies["batch"] / "summary.json").read_text() == batch
+
+
+def test_centred_weights_enter_the_id_only_when_on(compose_config):
+    """A committed record, written before the option existed, keeps its id; turning the option
+    on changes the id, and the record and the drawn label say so."""
+    committed = sorted((REPO / "results" / "runs" / "seed_question_cnn1d").glob("*/config.yaml"))
+    if not committed:
+        pytest.skip("no committed records of seed_question_cnn1d")
+    config = yaml.safe_load(committed[0].read_text())
+    assert "centred_weights" not in config["model"]
+    run = from_record(config)
+    assert run.model.centred_weights is False
+    assert run_id(run) == committed[0].parent.name
+    run.model.centred_weights = True
+    assert run_id(run) != committed[0].parent.name
+    on = validate(compose_config("norm=mabn", "model=cnn1d", "model.centred_weights=true"))
+    assert record_config(on)["model"]["centred_weights"] is True
+    assert norm_record(on)["norm_label"] == "mabn + centred weights"
+    off = validate(compose_config("norm=mabn", "norm.sma_backward=false"))
+    assert norm_record(off)["norm_label"] == "mabn (without sma_backward)"
+
+
+def test_centred_weights_is_refused_for_a_model_from_outside_and_typed(compose_config, monkeypatch):
+    plugins = REPO / "tests" / "example_plugins"
+    monkeypatch.syspath_prepend(str(plugins))
+    outside = compose_config(
+        f"hydra.searchpath=[file://{plugins / 'conf'}]",
+        "model=blob_net",
+        "model.name=blob_net",
+        "model.centred_weights=true",
+    )
+    with pytest.raises(ConfigError, match=r"model\.centred_weights=True is not allowed: unset"):
+        validate(outside)
+    with pytest.raises(ConfigCompositionException, match="centred_weights"):
+        compose_config("model.centred_weights=sometimes")

@@ -91,7 +91,7 @@ def run_label(config: Any) -> str:
 def run_tags(config: Any) -> list[str]:
     """Mode, batch size, model, data, the kind of every schedule the mode's layers follow
     (``momentum:constant``, ``rmax:piecewise``), the mode's own tags, the sampler if not iid,
-    and the config's ``tags``."""
+    ``centred_weights`` where the model has them, and the config's ``tags``."""
     tags = [
         config.norm.mode,
         f"bs{config.batch_size}",
@@ -103,6 +103,8 @@ def run_tags(config: Any) -> list[str]:
     tags += config.norm.tags()
     if config.data.sampler != "iid":
         tags.append(f"sampler:{config.data.sampler}")
+    if config.model.centred_weights:
+        tags.append("centred_weights")
     return [*tags, *config.tags]
 
 

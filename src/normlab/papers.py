@@ -118,6 +118,16 @@ PUBLISHED: tuple[Published, ...] = (
         78.5 - 67.0,
     ),
     Published(
+        "mabn_small_batch",
+        MABN_SOURCE,
+        RESNET50,
+        "normalization batch 2, SGD batch 32 (BRN 30.29, BN at 32: 23.41)",
+        ("MABN", MABN_ERROR["MABN"]),
+        ("BN", MABN_ERROR["BN"]),
+        MABN_ERROR["BN"] - MABN_ERROR["MABN"],  # acc(MABN) − acc(BN) = err(BN) − err(MABN)
+        2,
+    ),
+    Published(
         "rethinking_small",
         RETHINKING_SOURCE,
         RESNET50,

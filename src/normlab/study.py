@@ -6,15 +6,16 @@ learning-rate factors, the seeds used to choose among them and the seeds of the 
 1. **select**: every cell of the preset's grid (mode, batch size, architecture...) trains once
    per factor and selection seed with ``optim.lr_factor`` times its scaled rate, evaluated on a
    validation split carved from the training data (``data.eval_split=validation``); sweep
-   ``NAME_select``.
+   ``SWEEP_select``, where ``SWEEP`` is the preset's ``sweep`` (its name, unless it adds cells
+   to another study's records: ``seed_proposal_mlp`` grows ``seed_question_mlp``).
 2. **choose**: per cell, the factor with the best mean final validation accuracy over the
    selection seeds (a diverged run counts as 0; ties go to the factor nearest 1, then the
    larger), written to
-   ``results/runs/NAME_select/lr_choice.json`` with every score.
+   ``results/runs/SWEEP_select/lr_choice.json`` with every score (of every cell there).
 3. **final**: every cell trains with its chosen factor and all the study's seeds, evaluated on
-   the held-out test set; sweep ``NAME``. Each run looks its factor up
+   the held-out test set; sweep ``SWEEP``. Each run looks its factor up
    (``optim.lr_choice``) and records it as ``optim.lr_factor``. Final runs left from an earlier
-   choice (the grid grew, a selection run was redone) are moved to ``NAME_superseded`` first,
+   choice (the grid grew, a selection run was redone) are moved to ``SWEEP_superseded`` first,
    so that figures and claims see one factor per cell.
 4. figures and the claims table from the final runs' records.
 
@@ -141,6 +142,7 @@ def _study_node(preset: str, overrides: Sequence[str]) -> dict[str, Any]:
         cfg = compose("config", overrides=[f"+experiment={preset}", *overrides])
     return {
         "study": OmegaConf.to_container(cfg.study, resolve=True),
+        "sweep": cfg.sweep,
         "runs": cfg.paths.runs,
         "results": cfg.paths.results,
     }
@@ -157,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not study.get("seeds"):
         print(f"normlab-study: {args.preset} has no study.seeds", file=sys.stderr)
         return 2
-    select = f"{args.preset}_select"
+    sweep = node["sweep"]
+    select = f"{sweep}_select"
     factors = ",".join(str(f) for f in study["lr_factors"])
     select_seeds = ",".join(map(str, study["select_seeds"]))
     seeds = ",".join(map(str, study["seeds"]))
@@ -173,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     choice = write_choice(Path(node["runs"]) / select)
     print(f"normlab-study: learning rates chosen: {choice}", file=sys.stderr)
-    moved = move_superseded(Path(node["runs"]) / args.preset, json.loads(choice.read_text()))
+    moved = move_superseded(Path(node["runs"]) / sweep, json.loads(choice.read_text()))
     if moved:
         print(
             f"normlab-study: moved {len(moved)} run(s) of an earlier choice to {moved[0].parent}",
@@ -181,13 +184,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     _train(
         args.preset,
-        [f"sweep={args.preset}", f"optim.lr_choice={choice}", f"seed={seeds}", *args.overrides],
+        [f"sweep={sweep}", f"optim.lr_choice={choice}", f"seed={seeds}", *args.overrides],
     )
     if not args.skip_figures:
         from normlab.plots import main as plot
 
-        runs = Path(node["runs"]) / args.preset
-        plot([str(runs), "--out", str(Path(node["results"]) / "figures" / args.preset)])
+        runs = Path(node["runs"]) / sweep
+        plot([str(runs), "--out", str(Path(node["results"]) / "figures" / sweep)])
     return 0
 
 

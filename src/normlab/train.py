@@ -33,7 +33,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from normlab import distributed
-from normlab.config.identity import record_config, run_directory
+from normlab.config.identity import norm_record, record_config, run_directory
 from normlab.config.schema import RunConfig, register_configs
 from normlab.config.validation import build_checked_model, run_data_set, validate
 from normlab.data import DataError, Dataset, hold_out_validation, load_dataset
@@ -381,7 +381,7 @@ def _identity(
         "sweep": config.sweep,
         "run_dir": str(run_dir),
         "norm": config.norm.mode,
-        **config.norm.record(config.batch_size),
+        **norm_record(config),
         **distributed.identity(config),
         "norm_lacks": config.norm.lacks(),
         "batch_size": config.batch_size,

@@ -19,6 +19,12 @@ GROWTH_MARGIN = 0.1  # natural log of the bias norm's growth: ±10 %
 BATCH, GHOST = "batch", "batch (ghost)"
 MA, MA_GRAD = "moving_average", "moving_average (grad through batch)"
 RENORM, GROUP, ONLINE_NORM = "renorm", "group", "online"
+# MABN as the paper trains it: the layer and the centred weights before it (model.centred_weights)
+MABN_FULL = "mabn + centred weights"
+
+# The momentum schedules a claim may fix per label, as runs record them (config.momentum.kind):
+# conf/momentum/ramp.yaml, "a small initial decay raised later", is a linear schedule.
+RAMP, CONSTANT = "linear", "constant"
 
 EVIDENCE_KINDS = ("paired", "rates", "bias_growth", "across_batch_sizes", "precise_gain")
 
@@ -46,6 +52,10 @@ class Claim:
       is the record's ``size`` column: ``batch_size``, or ``statistics_batch_size`` for the
       examples behind a statistic (images per GPU in a data-parallel run);
     - ``precise_gain``: ``val_acc_precise − val_acc_eval`` of the same runs of each label.
+
+    ``schedules`` (``paired`` only): the momentum schedule (``config.momentum.kind``) each
+    label's runs must have, in the order of ``labels``; then the schedule is what is compared,
+    no longer a key that splits settings.
     """
 
     key: str
@@ -62,6 +72,7 @@ class Claim:
     size: str = "batch_size"
     scale: float = 100.0
     unit: str = "pp"
+    schedules: tuple[str, ...] = ()
 
 
 BN = "Ioffe & Szegedy 2015 (arXiv 1502.03167)"
@@ -69,6 +80,8 @@ BRN = "Ioffe 2017, Batch Renormalization (arXiv 1702.03275)"
 GN = "Wu & He 2018, Group Normalization (arXiv 1803.08494)"
 ONLINE = "Chiley et al. 2019, Online Normalization (arXiv 1905.05894)"
 RETHINKING = "Wu & Johnson 2021, Rethinking “Batch” in BatchNorm (arXiv 2105.07576)"
+QUESTION = "The seed question's proposal (normlab README)"
+MABN_PAPER = "Yan et al. 2020, Moving Average Batch Normalization (arXiv 2001.06838)"
 
 GREATER = Rule("greater", ACCURACY_MARGIN)
 NO_WORSE = Rule("no_worse", ACCURACY_MARGIN)
@@ -233,5 +246,31 @@ CLAIMS: tuple[Claim, ...] = (
         EQUIVALENT,
         "runs labelled batch or batch (ghost) that log val_acc_precise, statistics batch ≥ 32",
         Where(min_statistics_batch=32),
+    ),
+    Claim(
+        "seed_proposal",
+        QUESTION,
+        "With a small initial decay raised later, training with the moving averages trains as "
+        "well as batch statistics",
+        "acc(moving_average, momentum=ramp) − acc(batch, constant momentum), paired by seed, "
+        "per batch size",
+        "paired",
+        (MA, BATCH),
+        NO_WORSE,
+        "runs labelled moving_average under momentum=ramp and batch under constant momentum in "
+        "one study, model and data set",
+        schedules=(RAMP, CONSTANT),
+    ),
+    Claim(
+        "mabn_small_batch",
+        f"{MABN_PAPER}, Table 1 / README",
+        "At normalization batches of 2 to 4, MABN (with centred weights) trains better than "
+        "batchnorm",
+        "acc(mabn + centred weights) − acc(batch), paired by seed, statistics over ≤ 4 examples",
+        "paired",
+        (MABN_FULL, BATCH),
+        GREATER,
+        "runs labelled mabn + centred weights and batch at batch size ≤ 4",
+        Where(max_statistics_batch=4),
     ),
 )

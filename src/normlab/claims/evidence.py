@@ -32,6 +32,7 @@ from normlab.results import load_metrics, load_traces
 # them). ``statistics_sub_batch`` is the statistics batch size again, already split on.
 ALWAYS = ("sweep", "config.model.name", "config.data.name")
 VARIED = {k: v for k, v in SETTING_KEYS.items() if k not in ALWAYS and k != "statistics_sub_batch"}
+SCHEDULE_KEY = "config.momentum.kind"  # the momentum schedule a claim may fix per label
 
 
 @dataclass(frozen=True)
@@ -92,12 +93,13 @@ def compare(claim: Claim, evidence: Evidence) -> list[Comparison]:
 
 
 def settings(
-    runs: pd.DataFrame, by_batch: bool = True
+    runs: pd.DataFrame, by_batch: bool = True, compared: tuple[str, ...] = ()
 ) -> Iterator[tuple[str, str, int | None, pd.DataFrame]]:
     """``(study, setting, batch size, runs)`` per setting of ``runs``: per study, model and
-    data set, the keys of :data:`VARIED` that vary there (and every run sets), and the batch
-    size unless ``by_batch`` is false. A study's final-stage runs are compared at the learning
-    rate each mode selected, so their lr does not split settings."""
+    data set, the keys of :data:`VARIED` that vary there (and every run sets) but those
+    ``compared``, and the batch size unless ``by_batch`` is false. A study's final-stage runs
+    are compared at the learning rate each mode selected, so their lr does not split
+    settings."""
     if runs.empty:
         return
     runs = runs.copy()
@@ -107,7 +109,7 @@ def settings(
     studies = [k for k in ALWAYS if k in runs]
     batch = ["batch_size", "statistics_batch_size"] if by_batch else []
     for study_values, study in runs.groupby(studies, sort=True, dropna=False):
-        keys = [k for k in VARIED if k in study and _varies(study[k])]
+        keys = [k for k in VARIED if k in study and k not in compared and _varies(study[k])]
         split = [*keys, *batch]
         parts = study.groupby(split, sort=True, dropna=False) if split else [((), study)]
         for values, group in parts:
@@ -147,6 +149,16 @@ def applies(where: Where, runs: pd.DataFrame) -> pd.DataFrame:
     if where.max_statistics_batch is not None:
         keep &= size <= where.max_statistics_batch
     return runs.loc[keep]
+
+
+def scheduled(claim: Claim, runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs of each label under the momentum schedule the claim fixes for it (all of them
+    where it fixes none)."""
+    if not claim.schedules or runs.empty:
+        return runs
+    kinds = dict(zip(claim.labels, claim.schedules, strict=True))
+    schedule = column_of(runs, SCHEDULE_KEY).astype(object)
+    return runs.loc[schedule == runs["mode"].map(kinds)]
 
 
 # ----------------------------------------------------------------------------- scores
@@ -202,11 +214,13 @@ def _paired_comparison(
 
 def paired(claim: Claim, evidence: Evidence) -> list[Comparison]:
     """Final ``metric`` (diverged runs at chance) of the first label minus the second, paired
-    by seed, per setting."""
+    by seed, per setting; where the claim fixes each label's momentum schedule, only runs
+    under it, the schedule no longer splitting settings."""
     first, second = claim.labels
-    runs = applies(claim.where, evidence.labelled(first, second))
+    runs = scheduled(claim, applies(claim.where, evidence.labelled(first, second)))
+    compared = (SCHEDULE_KEY,) if claim.schedules else ()
     comparisons = []
-    for study, setting, size, group in settings(runs):
+    for study, setting, size, group in settings(runs, compared=compared):
         if set(group["mode"]) != {first, second}:
             continue
         a, b = (group.loc[group["mode"] == m] for m in (first, second))

@@ -143,6 +143,15 @@ def _changed(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str
 _ABSENT = object()
 
 
+def norm_record(run: RunConfig) -> dict[str, Any]:
+    """The mode's fields for ``summary.json`` (:meth:`NormChoice.record`), its ``norm_label``
+    naming the centred weights where the model has them, so such runs are drawn apart."""
+    fields = run.norm.record(run.batch_size)
+    if run.model.centred_weights:
+        fields["norm_label"] = registry.centred_label(fields["norm_label"])
+    return fields
+
+
 def run_directory(run: RunConfig) -> Path:
     """Where the run's record lies: ``<paths.runs>/<sweep>/<run id>``."""
     return Path(run.paths.runs) / run.sweep / run_id(run)

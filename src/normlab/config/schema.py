@@ -60,6 +60,9 @@ class ModelConfig:
     depth: int | None = None
     width: int | None = None
     bias_before_norm: bool = False
+    # every layer before a norm computes with its weight centred per output unit (Yan et al.
+    # 2020, MABN's CenConv2d)
+    centred_weights: bool = False
     # a model from outside the package (conf/model/NAME.yaml, see normlab.models.registry):
     # the class built as Class(input_shape, num_classes, norm, **options)
     _target_: str | None = None

@@ -211,7 +211,13 @@ def build_checked_model(
     :class:`ConfigError` on ``model``."""
     spec = run.model
     build = models.choose(
-        spec.name, spec._target_, spec.options, spec.depth, spec.width, spec.bias_before_norm
+        spec.name,
+        spec._target_,
+        spec.options,
+        spec.depth,
+        spec.width,
+        spec.bias_before_norm,
+        spec.centred_weights,
     )
     # a registered model says what it cannot take with a ValueError; one from outside may raise
     # anything
@@ -256,7 +262,13 @@ def _validate_data(run: RunConfig) -> None:
 def _validate_model(run: RunConfig) -> None:
     spec = run.model
     models.choose(
-        spec.name, spec._target_, spec.options, spec.depth, spec.width, spec.bias_before_norm
+        spec.name,
+        spec._target_,
+        spec.options,
+        spec.depth,
+        spec.width,
+        spec.bias_before_norm,
+        spec.centred_weights,
     )
     _at_least("model.depth", spec.depth, 1, optional=True)
     _at_least("model.width", spec.width, 1, optional=True)

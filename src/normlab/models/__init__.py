@@ -35,7 +35,7 @@ from normlab.models import convnet
 from normlab.models import resnet
 
 # isort: split
-from normlab.models.parts import NormFactory, prenorm_biases
+from normlab.models.parts import NormFactory, centre_weights, prenorm_biases, prenorm_layers
 from normlab.models.registry import CONTRACT, Model, build_model, choose, get, names, register
 
 BUILT_IN = (mlp, convnet, resnet)
@@ -46,9 +46,11 @@ __all__ = [
     "Model",
     "NormFactory",
     "build_model",
+    "centre_weights",
     "choose",
     "get",
     "names",
     "prenorm_biases",
+    "prenorm_layers",
     "register",
 ]

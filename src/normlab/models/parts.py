@@ -1,13 +1,19 @@
 """The pieces the built-in models are made of: biased or bias-free linear and conv layers, the
-``layer -> norm -> ReLU`` block with readable child names, global average pooling."""
+``layer -> norm -> ReLU`` block with readable child names, global average pooling, and weight
+centralization of the layers that feed a norm."""
 
 from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 NormFactory = Callable[[int], nn.Module]
+# The layers a built-in model puts before a norm (and as its head): their weight's first dim is
+# the output unit, as for every nn.Linear and nn.Conv*d, grouped convs included.
+WEIGHTED_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+HEAD = "head"
 
 
 def with_zero_bias(layer: nn.Module) -> nn.Module:
@@ -53,13 +59,39 @@ def check_ndim(input_shape: tuple[int, ...], ndim: int, name: str) -> None:
         )
 
 
-def prenorm_biases(model: nn.Module) -> list[nn.Parameter]:
-    """The biases of the linear/conv layers whose output feeds a norm (``bias_before_norm``):
-    the head, which feeds none, is left out."""
+def prenorm_layers(model: nn.Module) -> list[nn.Module]:
+    """The linear/conv layers whose output feeds a norm: every one but the head."""
     return [
-        module.bias
+        module
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d)
-        and module.bias is not None
-        and name != "head"
+        if isinstance(module, WEIGHTED_LAYERS) and name != HEAD
     ]
+
+
+def prenorm_biases(model: nn.Module) -> list[nn.Parameter]:
+    """The biases of the layers whose output feeds a norm (``bias_before_norm``)."""
+    return [layer.bias for layer in prenorm_layers(model) if layer.bias is not None]
+
+
+class CentredWeight(nn.Module):
+    """Weight centralization (Yan et al. 2020, the authors' ``CenConv2d``): the weight less its
+    mean over every dim but the first, so each output unit's weights over its inputs (and
+    kernel positions) sum to zero. Gradients reach the raw weight through the subtraction; the
+    bias is left alone."""
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight - weight.mean(dim=tuple(range(1, weight.dim())), keepdim=True)
+
+
+def centre_weights(layer: nn.Module) -> nn.Module:
+    """``layer`` computing with its centred ``weight`` (``torch.nn.utils.parametrize``): the raw
+    weight is the parameter trained, ``layer.weight`` its centred value."""
+    parametrize.register_parametrization(layer, "weight", CentredWeight())
+    return layer
+
+
+def centre_prenorm_weights(model: nn.Module) -> nn.Module:
+    """``model`` with every layer that feeds a norm computing with centred weights."""
+    for layer in prenorm_layers(model):
+        centre_weights(layer)
+    return model

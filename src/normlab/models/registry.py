@@ -2,12 +2,13 @@
 from outside the package.
 
 A registered :class:`Model` is built by :func:`build_model` from the input shape, the number of
-classes, the norm factory and its ``depth``/``width``/``bias_before_norm``. A run's ``model``
-config node becomes a builder through :func:`choose`: either ``name: NAME`` of a registered
-model, or ``_target_: package.module.Class`` (a file ``NAME.yaml`` in the ``model`` group of a
-user's config directory) built as ``Class(input_shape, num_classes, norm, **options)`` with the
-keywords under ``options``; ``norm(channels)`` builds the run's norm layer for a layer of
-``channels`` channels, the contract the registered models follow.
+classes, the norm factory and its ``depth``/``width``/``bias_before_norm``/``centred_weights``
+(the layers before the norms with centred weights, :func:`~normlab.models.parts.centre_weights`).
+A run's ``model`` config node becomes a builder through :func:`choose`: either ``name: NAME`` of
+a registered model, or ``_target_: package.module.Class`` (a file ``NAME.yaml`` in the
+``model`` group of a user's config directory) built as ``Class(input_shape, num_classes, norm,
+**options)`` with the keywords under ``options``; ``norm(channels)`` builds the run's norm
+layer for a layer of ``channels`` channels, the contract the registered models follow.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import nn
 
 from normlab import targets
 from normlab.errors import ConfigError
-from normlab.models.parts import NormFactory
+from normlab.models.parts import NormFactory, centre_prenorm_weights
 
 # what normlab passes a model first, by position: a model from outside takes the same
 CONTRACT = ("input_shape", "num_classes", "norm")
@@ -76,12 +77,14 @@ def build_model(
     depth: int | None = None,
     width: int | None = None,
     bias_before_norm: bool = False,
+    centred_weights: bool = False,
 ) -> nn.Module:
     """Build registered classifier ``name`` for inputs of shape ``input_shape`` (no batch dim).
 
     ``norm(channels)`` is called once per hidden linear/conv layer, in module order.
     ``depth``/``width`` default to the model's; for resnet20 ``depth`` is the ResNet depth
-    6n + 2 and ``width`` the first stage's channels. Returns logits (N, num_classes).
+    6n + 2 and ``width`` the first stage's channels. ``centred_weights``: every layer before a
+    norm computes with its weight centred per output unit. Returns logits (N, num_classes).
     """
     model = get(name)
     depth = model.depth if depth is None else depth
@@ -93,7 +96,8 @@ def build_model(
         raise ValueError(f"depth for {name} must be {model.depths}, got {depth}")
     if not input_shape or min(input_shape) < 1:
         raise ValueError(f"input_shape must be non-empty and positive, got {tuple(input_shape)}")
-    return model.build(tuple(input_shape), num_classes, norm, depth, width, bias_before_norm)
+    built = model.build(tuple(input_shape), num_classes, norm, depth, width, bias_before_norm)
+    return centre_prenorm_weights(built) if centred_weights else built
 
 
 def choose(
@@ -103,6 +107,7 @@ def choose(
     depth: int | None = None,
     width: int | None = None,
     bias_before_norm: bool = False,
+    centred_weights: bool = False,
 ) -> Builder:
     """The builder ``(input_shape, num_classes, norm) -> model`` a run's ``model`` node names:
     registered (no ``target``), or from outside by ``target``, named after its YAML file.
@@ -115,13 +120,24 @@ def choose(
         if options:
             raise ConfigError("model.options", options, f"empty: {name} is a registered model")
         return partial(
-            build_model, name, depth=depth, width=width, bias_before_norm=bias_before_norm
+            build_model,
+            name,
+            depth=depth,
+            width=width,
+            bias_before_norm=bias_before_norm,
+            centred_weights=centred_weights,
         )
     if name in _MODELS:
         raise ConfigError(
             "model.name", name, f"a name no registered model has ({', '.join(_MODELS)})"
         )
-    for key, value in (("depth", depth), ("width", width), ("bias_before_norm", bias_before_norm)):
+    unset = (
+        ("depth", depth),
+        ("width", width),
+        ("bias_before_norm", bias_before_norm),
+        ("centred_weights", centred_weights),
+    )
+    for key, value in unset:
         if value is not None and value is not False:
             allowed = "unset: a model with _target_ takes its own keywords, under model.options"
             raise ConfigError(f"model.{key}", value, allowed)

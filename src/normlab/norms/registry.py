@@ -106,6 +106,16 @@ def get(name: str) -> Mode:
     return _MODES[name]
 
 
+# What a run's label gains where its model centres the weights before each norm
+# (model.centred_weights): runs of one mode with and without are drawn and compared apart.
+CENTRED_WEIGHTS = "centred weights"
+
+
+def centred_label(label: str) -> str:
+    """The label of runs drawn under ``label`` whose model centres its pre-norm weights."""
+    return f"{label} + {CENTRED_WEIGHTS}"
+
+
 # Okabe & Ito (2008) is taken by the registered modes; runs of modes from outside the package
 # take these, in order of their labels, so they never share a colour or marker with a built-in.
 EXTRA_COLORS = ("#7F3C8D", "#3969AC", "#11A579", "#E73F74", "#80BA5A", "#F0E442")
