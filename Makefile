@@ -56,8 +56,11 @@ overview: $(STAMP)
 claims: $(STAMP)
 	$(VENV)/bin/normlab-claims $(addprefix results/runs/,$(STUDIES) blowup) --out results/claims.md
 
+# Two pytest workers (pytest-xdist), one per core: most of the suite's time is in the runs its
+# end-to-end tests start, which are single-threaded Python.
+TEST_JOBS ?= 2
 test: $(STAMP)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n $(TEST_JOBS)
 
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not slow"

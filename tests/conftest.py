@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,12 @@ from normlab.train import CONF_DIR
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache" / "normlab"
 # Small but real: a 3-layer 1-D CNN on MNIST-1D; every test run uses the shared data cache.
+# `make test` runs two pytest workers on two cores: one torch thread each, in the workers and in
+# the runs they start, or the threads of both workers fight over the same cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 FAST = ["data.train_size=512", "data.val_size=256", "eval.train_subset=128", f"paths.cache={CACHE}"]
 
 
