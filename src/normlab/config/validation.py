@@ -27,6 +27,7 @@ from normlab.config.schema import (
     PRECISIONS,
     PROGRESS,
     WANDB_MODES,
+    ModelConfig,
     OptimConfig,
     RunConfig,
     config_node,
@@ -210,15 +211,7 @@ def build_checked_model(
     """The run's model for inputs of ``input_shape``; a model that cannot take them is a
     :class:`ConfigError` on ``model``."""
     spec = run.model
-    build = models.choose(
-        spec.name,
-        spec._target_,
-        spec.options,
-        spec.depth,
-        spec.width,
-        spec.bias_before_norm,
-        spec.centred_weights,
-    )
+    build = _model_builder(spec)
     # a registered model says what it cannot take with a ValueError; one from outside may raise
     # anything
     failures = ValueError if spec._target_ is None else Exception
@@ -259,9 +252,8 @@ def _validate_data(run: RunConfig) -> None:
             )
 
 
-def _validate_model(run: RunConfig) -> None:
-    spec = run.model
-    models.choose(
+def _model_builder(spec: ModelConfig) -> Any:
+    return models.choose(
         spec.name,
         spec._target_,
         spec.options,
@@ -270,6 +262,11 @@ def _validate_model(run: RunConfig) -> None:
         spec.bias_before_norm,
         spec.centred_weights,
     )
+
+
+def _validate_model(run: RunConfig) -> None:
+    spec = run.model
+    _model_builder(spec)
     _at_least("model.depth", spec.depth, 1, optional=True)
     _at_least("model.width", spec.width, 1, optional=True)
     if spec._target_ is None and spec.depth is not None:

@@ -73,11 +73,26 @@ def final_stats(used: pd.DataFrame, metric: str, by: Sequence[str]) -> pd.DataFr
     """Final ``metric`` per group of ``by`` in prepared runs: ``mean`` and its interval
     ``low``–``high`` over non-diverged seeds, ``n`` runs in all, ``n_diverged`` of them
     diverged, ``n_used`` finite values averaged."""
+
+    def kept(group: pd.DataFrame) -> pd.Series:
+        finished = group.loc[~group["diverged"]]
+        return finished[metric] if metric in finished else pd.Series(dtype=float)
+
+    return _group_intervals(used, by, kept, STAT_COLUMNS)
+
+
+def _group_intervals(
+    used: pd.DataFrame,
+    by: Sequence[str],
+    values: Callable[[pd.DataFrame], pd.Series],
+    columns: Sequence[str],
+    extra: Callable[[pd.DataFrame], dict[str, float]] = lambda group: {},
+) -> pd.DataFrame:
+    """Per group of ``by``: the mean of ``values(group)`` with its interval, the group's run
+    and divergence counts, and ``extra(group)``."""
     rows = []
     for key, group in used.groupby(list(by), sort=False, dropna=False):
-        kept = group.loc[~group["diverged"]]
-        values = kept[metric] if metric in kept else pd.Series(dtype=float)
-        interval = stats.mean_interval(values)
+        interval = stats.mean_interval(values(group))
         rows.append(
             {
                 **dict(zip(by, key, strict=True)),
@@ -87,9 +102,10 @@ def final_stats(used: pd.DataFrame, metric: str, by: Sequence[str]) -> pd.DataFr
                 "n": len(group),
                 "n_diverged": int(group["diverged"].sum()),
                 "n_used": interval.n,
+                **extra(group),
             }
         )
-    return pd.DataFrame(rows, columns=[*by, *STAT_COLUMNS])
+    return pd.DataFrame(rows, columns=[*by, *columns])
 
 
 def final_by_batch_size(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -445,22 +461,13 @@ def failure_stats(used: pd.DataFrame, metric: str, by: Sequence[str]) -> pd.Data
     interval ``low``–``high`` over every seed, ``n`` runs, ``n_diverged`` of them diverged,
     ``n_used`` values averaged and ``chance`` (the group's mean chance accuracy)."""
     scored = used.assign(_score=scored_accuracy(used, metric), _chance=chance(used))
-    rows = []
-    for key, group in scored.groupby(list(by), sort=False, dropna=False):
-        interval = stats.mean_interval(group["_score"])
-        rows.append(
-            {
-                **dict(zip(by, key, strict=True)),
-                "mean": interval.estimate,
-                "low": interval.low,
-                "high": interval.high,
-                "n": len(group),
-                "n_diverged": int(group["diverged"].sum()),
-                "n_used": interval.n,
-                "chance": float(group["_chance"].mean()),
-            }
-        )
-    return pd.DataFrame(rows, columns=[*by, *FAILURE_COLUMNS])
+    return _group_intervals(
+        scored,
+        by,
+        lambda group: group["_score"],
+        FAILURE_COLUMNS,
+        lambda group: {"chance": float(group["_chance"].mean())},
+    )
 
 
 def with_panel(used: pd.DataFrame, exclude: Sequence[str] = ()) -> pd.DataFrame:
