@@ -195,14 +195,14 @@ class Pack:
         return tensor.chunk(self.seeds, dim)[seed]
 
     @torch.no_grad()
-    def load_seed(self, seed: int) -> None:
-        """Seed ``seed``'s parameters and buffers into its slice (shared buffers, a step
-        counter, from the first seed)."""
+    def load_seed(self, seed: int, shared: bool = True) -> None:
+        """Seed ``seed``'s parameters and buffers into its slice; with ``shared``, the buffers
+        all seeds share (a step counter) too, from the first seed."""
         for name, param in self.params.items():
             self.seed_slice(param, 0, seed).copy_(self.seed_params[seed][name])
         for name, buffer in self.buffers.items():
             dim = self.buffer_dims[name]
-            if dim is not None or seed == 0:
+            if dim is not None or (shared and seed == 0):
                 self.seed_slice(buffer, dim, seed).copy_(self.seed_buffers[seed][name])
 
     @torch.no_grad()
@@ -238,8 +238,7 @@ class Pack:
             if any(state is None for state in per_seed):
                 continue
             packed.state[param] = {
-                key: _stack(param, [state[key] for state in per_seed])
-                for key in per_seed[0]
+                key: _stack(param, [state[key] for state in per_seed]) for key in per_seed[0]
             }
 
     @torch.no_grad()
