@@ -61,7 +61,7 @@ class PackedTrainer:
         self.pack = Pack(self.model, models, self.active)
         for seed in range(self.seeds):
             self.pack.load_seed(seed)
-        self.optimizer = build_optimizer(self.model, self.run)
+        self.optimizer = build_optimizer(self.model, self.run, fused=True)
         self.pack.load_optimizer(self.optimizer, [t.optimizer for t in self.trainers])
         self.params = list(self.model.parameters())
         names = {id(p): n for n, p in first.model.named_parameters()}
