@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -173,14 +174,23 @@ def test_pack_is_left_out_of_the_run_id(compose_config):
     assert pack_key(compose_config("batch_size=8"))[0] != one[0]
 
 
-def test_an_outside_mode_trains_its_seeds_one_at_a_time_and_says_so(
-    compose_config, capsys, monkeypatch
-):
+def test_a_sweep_packs_a_cells_seeds_and_counts_each_as_a_run(cli):
+    result = cli("-m", "norm=batch", "seed=0,1,2", "batch_size=4,8", *TINY)
+    assert result.code == 0, result.err
+    summaries = [json.loads((d / "summary.json").read_text()) for d in result.run_dirs()]
+    assert len(summaries) == 6 and {s["packed_runs"] for s in summaries} == {3}
+    assert all(s["status"] == "completed" for s in summaries)
+    assert result.err.count("completed, 6 steps") == 6 and "6/6 runs (6 completed)" in result.err
+    again = cli("-m", "norm=batch", "seed=0,1,2", "batch_size=4,8", *TINY, "pack=false")
+    assert "6/6 runs (6 skipped)" in again.err, "pack=false: the same run ids"
+
+
+def test_an_outside_mode_trains_its_seeds_one_per_process_and_says_so_once(cli, monkeypatch):
     example = Path(__file__).parent / "example_mode"
     monkeypatch.syspath_prepend(str(example))
     search = f"hydra.searchpath=[file://{example / 'conf'}]"
-    cfgs = [compose_config(*TINY, search, "norm=evonorm_b0", f"seed={s}") for s in (0, 1)]
-    assert pack_key(cfgs[0])[0] is None and "outside" in pack_key(cfgs[0])[1]
-    summaries = run_seeds(cfgs)
-    assert [s["status"] for s in summaries] == ["completed", "completed"]
-    assert capsys.readouterr().err.count("train one at a time") == 1
+    result = cli(search, "-m", "norm=evonorm_b0", "seed=0,1", "batch_size=4,8", *TINY)
+    assert result.code == 0, result.err
+    assert result.err.count("one per process") == 1
+    summaries = [json.loads((d / "summary.json").read_text()) for d in result.run_dirs()]
+    assert len(summaries) == 4 and all("packed_runs" not in s for s in summaries)

@@ -268,7 +268,7 @@ class PackedTrainer:
         """Seed ``index``'s run is over: it stops, and its summary goes to ``finished``."""
         self._sync(index)
         self.active[index] = False
-        self.finished(index, self.trainers[index].summary())
+        self.finished(index, {**self.trainers[index].summary(), "packed_runs": self.seeds})
 
     # ------------------------------------------------------------------ checkpoints
 
