@@ -23,6 +23,7 @@ MODES = ("batch", "moving_average", "renorm", "online", "mabn", "group", "layer"
 SEEDS = (0, 1, 2)
 # a few steps of a tiny run, logging every step
 TINY = ["steps=6", "eval_every=2", "batch_size=4", "model.depth=2", "model.width=8"]
+SWEPT = [t for t in TINY if not t.startswith("batch_size")]  # a sweep sets its own
 
 
 def _mode(mode: str) -> list[str]:
@@ -175,13 +176,13 @@ def test_pack_is_left_out_of_the_run_id(compose_config):
 
 
 def test_a_sweep_packs_a_cells_seeds_and_counts_each_as_a_run(cli):
-    result = cli("-m", "norm=batch", "seed=0,1,2", "batch_size=4,8", *TINY)
+    result = cli("-m", "norm=batch", "seed=0,1,2", "batch_size=4,8", *SWEPT)
     assert result.code == 0, result.err
     summaries = [json.loads((d / "summary.json").read_text()) for d in result.run_dirs()]
     assert len(summaries) == 6 and {s["packed_runs"] for s in summaries} == {3}
     assert all(s["status"] == "completed" for s in summaries)
     assert result.err.count("completed, 6 steps") == 6 and "6/6 runs (6 completed)" in result.err
-    again = cli("-m", "norm=batch", "seed=0,1,2", "batch_size=4,8", *TINY, "pack=false")
+    again = cli("-m", "norm=batch", "seed=0,1,2", "batch_size=4,8", *SWEPT, "pack=false")
     assert "6/6 runs (6 skipped)" in again.err, "pack=false: the same run ids"
 
 
@@ -189,7 +190,7 @@ def test_an_outside_mode_trains_its_seeds_one_per_process_and_says_so_once(cli, 
     example = Path(__file__).parent / "example_mode"
     monkeypatch.syspath_prepend(str(example))
     search = f"hydra.searchpath=[file://{example / 'conf'}]"
-    result = cli(search, "-m", "norm=evonorm_b0", "seed=0,1", "batch_size=4,8", *TINY)
+    result = cli(search, "-m", "norm=evonorm_b0", "seed=0,1", "batch_size=4,8", *SWEPT)
     assert result.code == 0, result.err
     assert result.err.count("one per process") == 1
     summaries = [json.loads((d / "summary.json").read_text()) for d in result.run_dirs()]
