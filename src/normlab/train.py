@@ -352,11 +352,15 @@ def pack_key(cfg: DictConfig) -> tuple[str | None, str | None]:
     the seed and the learning-rate factor), and why it trains alone if it does: ``(key, None)``,
     ``(None, reason)``, or ``(None, None)`` for ``pack=false`` or a config left to :func:`run`
     to report."""
+    if not cfg.get("pack", True):
+        return None, None
+    for node in ("model", "norm"):  # read raw: an outside mode's name is its YAML file's
+        target = OmegaConf.select(cfg, f"{node}._target_")
+        if target:
+            return None, f"{node}={target} comes from outside normlab"
     try:
         config = validate(cfg)
     except ConfigError:
-        return None, None
-    if not config.pack:
         return None, None
     reason = unpackable_reason(config)
     if reason is not None:
