@@ -28,9 +28,10 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 # The quick default study on MNIST-1D with $(JOBS) parallel jobs, trained into $(LOCAL) (never
-# over the committed records), then its figures and tables beside the committed runs.
+# over the committed records), then its figures and tables beside the committed runs. Extra
+# overrides in ARGS: `make run ARGS='pack=false'` trains one seed per process.
 run: $(STAMP)
-	$(VENV)/bin/normlab-train -m +experiment=$(QUICK) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) paths.results=$(LOCAL)
+	$(VENV)/bin/normlab-train -m +experiment=$(QUICK) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) paths.results=$(LOCAL) $(ARGS)
 	$(VENV)/bin/normlab-plot $(LOCAL)/runs/$(QUICK) --beside results/runs/$(QUICK) --out $(LOCAL)/figures/$(QUICK)
 
 # One full study (learning rates chosen on a validation split, five seeds on the test split,

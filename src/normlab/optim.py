@@ -36,8 +36,10 @@ def lr_factor(step: int, total: int, run: RunConfig) -> float:
     return 1.0
 
 
-def build_optimizer(model: nn.Module, run: RunConfig) -> torch.optim.Optimizer:
-    """Weight decay on conv/linear weights only; norm affine parameters and biases are exempt."""
+def build_optimizer(model: nn.Module, run: RunConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """Weight decay on conv/linear weights only; norm affine parameters and biases are exempt.
+    ``fused``: torch's one-kernel step (a packed model's few large tensors,
+    :mod:`normlab.packed_trainer`), the same update to float rounding."""
     decay = [p for p in model.parameters() if p.dim() > 1]
     no_decay = [p for p in model.parameters() if p.dim() <= 1]
     groups = [
@@ -46,5 +48,13 @@ def build_optimizer(model: nn.Module, run: RunConfig) -> torch.optim.Optimizer:
     ]
     lr = scaled_lr(run)
     if run.optim.name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(run.optim.momentum, 0.999))
-    return torch.optim.SGD(groups, lr=lr, momentum=run.optim.momentum, nesterov=run.optim.nesterov)
+        return torch.optim.AdamW(
+            groups, lr=lr, betas=(run.optim.momentum, 0.999), fused=fused or None
+        )
+    return torch.optim.SGD(
+        groups,
+        lr=lr,
+        momentum=run.optim.momentum,
+        nesterov=run.optim.nesterov,
+        fused=fused or None,
+    )

@@ -47,6 +47,7 @@ RECORD_KEYS = (
     "logger",
     "device",
     "threads",
+    "pack",
     "progress",
     "resume",
     "overwrite",

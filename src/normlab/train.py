@@ -13,6 +13,7 @@ step's tasks themselves; rank 0 keeps the record. A rank that fails fails the ru
 from __future__ import annotations
 
 import functools
+import json
 import os
 import platform
 import random
@@ -21,6 +22,8 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,8 @@ from normlab.data import DataError, Dataset, hold_out_validation, load_dataset
 from normlab.errors import ConfigError
 from normlab.files import RunLock
 from normlab.norms import kernels
+from normlab.packed_trainer import PackedTrainer
+from normlab.packing import unpackable_reason
 from normlab.progress import finished_line
 from normlab.provenance import provenance
 from normlab.records import (
@@ -237,7 +242,60 @@ def _run_locked(
     run_dir: Path,
     make_trainer: Any = Trainer,
 ) -> dict[str, Any]:
-    finished = _finished(run_dir, config)  # another job may have finished it meanwhile
+    started = _start(config, data, model, run_dir, make_trainer)
+    return started if isinstance(started, dict) else _fit_alone(started)
+
+
+@dataclass
+class _Started:
+    """A run whose record is open and whose trainer is ready (resumed where it stopped)."""
+
+    config: RunConfig
+    run_dir: Path
+    record: RunRecord
+    trainer: Trainer
+    identity: dict[str, Any]
+    checkpoint: Path
+
+    def _finish(self, summary: dict[str, Any], figures: list[Path] | None = None) -> None:
+        self.record.write_trace(self.trainer.trace_rows())
+        self.record.finish(summary, figures)
+
+    def abort(self, error: BaseException) -> None:
+        """Record the run as interrupted (``SystemExit``: submitit requeues a preempted job by
+        exiting from its signal handler) or failed, with what it had done."""
+        summary = {**self.identity, **self.trainer.summary()}
+        if isinstance(error, SystemExit):
+            self._finish({**summary, "status": "interrupted"})
+            return
+        tail = "".join(traceback.format_exception(error)[-6:])
+        self._finish({**summary, "status": "failed", "error": tail})
+
+    def conclude(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Write the summary of a run that stopped by itself (completed, diverged or
+        interrupted by a signal) and keep or drop its checkpoint."""
+        summary = {**self.identity, **result, "finished_at": _now()}
+        self._finish(summary, _figures_for_backends(self.record, self.config, self.run_dir))
+        if not _is_multirun():  # a sweep's launcher prints this line as each job ends
+            print(f"normlab-train: {finished_line(summary)}", file=sys.stderr)
+        if summary["status"] in FINISHED:
+            if self.config.checkpoint.keep_final:
+                self.trainer.save_checkpoint()
+            else:
+                self.checkpoint.unlink(missing_ok=True)
+        return summary
+
+
+def _start(
+    config: RunConfig,
+    data: Dataset,
+    model: torch.nn.Module,
+    run_dir: Path,
+    make_trainer: Any = Trainer,
+) -> _Started | dict[str, Any]:
+    """Open the run's record and build its trainer, resumed from its checkpoint if it has one;
+    the summary of a run another job finished meanwhile instead."""
+    finished = _finished(run_dir, config)
     if finished is not None:
         return finished
     checkpoint = run_dir / CHECKPOINT_FILE
@@ -253,37 +311,7 @@ def _run_locked(
     identity = _identity(config, run_dir, device, resumed_step)
     _say_what_the_layer_lacks(config)
     record.write_summary({**identity, "status": "running"})
-
-    def finish(summary: dict[str, Any], figures: list[Path] | None = None) -> None:
-        record.write_trace(trainer.trace_rows())
-        record.finish(summary, figures)
-
-    try:
-        summary = {**identity, **trainer.fit()}
-    except SystemExit:  # submitit requeues a preempted job by exiting from its signal handler
-        finish({**identity, **trainer.summary(), "status": "interrupted"})
-        raise
-    except BaseException as error:
-        summary = {
-            **identity,
-            **trainer.summary(),
-            "status": "failed",
-            "error": "".join(traceback.format_exception(error)[-6:]),
-        }
-        finish(summary)
-        raise
-    summary["finished_at"] = _now()
-    finish(summary, _figures_for_backends(record, config, run_dir))
-    if not _is_multirun():  # a sweep's launcher prints this line as each job ends
-        print(f"normlab-train: {finished_line(summary)}", file=sys.stderr)
-    if summary["status"] in FINISHED:
-        if config.checkpoint.keep_final:
-            trainer.save_checkpoint()
-        else:
-            checkpoint.unlink(missing_ok=True)
-    if summary["status"] == "interrupted" and trainer.stop_signal == "SIGINT":
-        raise KeyboardInterrupt
-    return summary
+    return _Started(config, run_dir, record, trainer, identity, checkpoint)
 
 
 def _check_batch_fits(config: RunConfig, data: Dataset) -> None:
@@ -409,6 +437,158 @@ def _device_name(device: torch.device) -> str:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ----------------------------------------------------------------------------- packed seeds
+
+
+def pack_key(cfg: DictConfig) -> tuple[str | None, str | None]:
+    """What a sweep job must share with others to train packed with them (its whole config but
+    the seed and the learning-rate factor), and why it trains alone if it does: ``(key, None)``,
+    ``(None, reason)``, or ``(None, None)`` for ``pack=false`` or a config left to :func:`run`
+    to report."""
+    if not cfg.get("pack", True):
+        return None, None
+    for node in ("model", "norm"):  # read raw: an outside mode's name is its YAML file's
+        target = OmegaConf.select(cfg, f"{node}._target_")
+        if target:
+            return None, f"{node}={target} comes from outside normlab"
+    try:
+        config = validate(cfg)
+    except ConfigError:
+        return None, None
+    reason = unpackable_reason(config)
+    if reason is not None:
+        return None, reason
+    node = OmegaConf.to_container(cfg, resolve=False)
+    node.pop("seed", None)
+    node.get("optim", {}).pop("lr_factor", None)
+    return json.dumps(node, sort_keys=True, default=str), None
+
+
+def run_seeds_in_sweep(cfgs: Sequence[DictConfig]) -> list[dict[str, Any]]:
+    """:func:`run_seeds` as a sweep's job: bad input or a failure is every run's result (each
+    record says what happened to it), and the sweep goes on."""
+    try:
+        return run_seeds(cfgs)
+    except InputError as error:
+        print(f"normlab-train: {error}", file=sys.stderr)
+        return [{"status": "invalid", "error": str(error)} for _ in cfgs]
+    except KeyboardInterrupt:
+        raise
+    except Exception:
+        return [{"status": "failed", "error": traceback.format_exc(limit=3)} for _ in cfgs]
+
+
+def run_seeds(cfgs: Sequence[DictConfig]) -> list[dict[str, Any]]:
+    """Train the runs of one cell (configs equal but for the seed and the learning-rate factor)
+    in one packed model (:mod:`normlab.packed_trainer`); return their summaries in order. Each
+    run is its own record, as :func:`run` makes it; finished runs are skipped, and runs resumed
+    at different steps train in one pack per step."""
+    configs: list[RunConfig] = []
+    for cfg in cfgs:
+        try:
+            configs.append(validate(cfg))
+        except ConfigError as error:
+            raise InputError(str(error)) from None
+    run_dirs = [run_directory(config) for config in configs]
+    summaries: list[dict[str, Any] | None] = [
+        _finished(run_dir, config) for run_dir, config in zip(run_dirs, configs, strict=True)
+    ]
+    todo = [i for i, summary in enumerate(summaries) if summary is None]
+    if not todo:
+        return summaries
+    try:
+        data, models, checked = _prepare_seeds([cfgs[i] for i in todo], [configs[i] for i in todo])
+    except (ConfigError, DataError) as error:
+        raise InputError(str(error)) from None
+    for i, config in zip(todo, checked, strict=True):
+        configs[i] = config
+    locks = []
+    started: dict[int, _Started] = {}
+    try:
+        for i, model in zip(todo, models, strict=True):
+            config = configs[i]
+            lock = RunLock(run_dirs[i])
+            if not lock.acquire():
+                print(f"normlab-train: {run_dirs[i]} is being run by {lock.holder()}; skipped")
+                summaries[i] = {"status": "skipped", "skipped": True, "run_dir": str(run_dirs[i])}
+                continue
+            locks.append(lock)
+            begun = _start(config, data, model, run_dirs[i])
+            if isinstance(begun, dict):
+                summaries[i] = begun
+            else:
+                started[i] = begun
+        at_step: dict[int, list[int]] = {}
+        for i, begun in started.items():
+            at_step.setdefault(begun.trainer.step, []).append(i)
+        for indices in at_step.values():
+            for i, summary in _fit_together([started[i] for i in indices]).items():
+                summaries[indices[i]] = summary
+    finally:
+        for lock in locks:
+            lock.release()
+    return summaries
+
+
+def _prepare_seeds(
+    cfgs: Sequence[DictConfig], configs: Sequence[RunConfig]
+) -> tuple[Dataset, list[torch.nn.Module], list[RunConfig]]:
+    """The data once, each config checked against the run's length, and each seed's model
+    built from its own seed as :func:`_prepare` builds it."""
+    first = configs[0]
+    device = resolve_device(first.device)
+    data = load_run_data(first, device)
+    checked = [validate(cfg, total_steps(first, len(data.y_train))) for cfg in cfgs]
+    _check_batch_fits(first, data)
+    _set_threads(first.threads)
+    models = []
+    for config in checked:
+        seed_everything(config.seed, config.deterministic and device.type == "cuda")
+        models.append(build_run_model(config, data).to(device))
+    return data, models, checked
+
+
+def _fit_together(runs: list[_Started]) -> dict[int, dict[str, Any]]:
+    """Train ``runs`` (all at one step) packed, or alone where there is one or the cell cannot
+    be packed; their summaries by position."""
+    reason = unpackable_reason(runs[0].config)
+    if len(runs) == 1 or reason is not None:
+        if reason is not None:
+            print(f"normlab-train: {reason}: its seeds train one at a time", file=sys.stderr)
+        return {i: _fit_alone(run) for i, run in enumerate(runs)}
+    done: dict[int, dict[str, Any]] = {}
+
+    def finished(index: int, result: dict[str, Any]) -> None:
+        done[index] = runs[index].conclude(result)
+
+    try:
+        trainers = [run.trainer for run in runs]
+        PackedTrainer(trainers, runs[0].config.norm.build, finished).fit()
+    except BaseException as error:
+        for index, run in enumerate(runs):
+            if index not in done:
+                run.abort(error)
+        raise
+    if any(
+        s["status"] == "interrupted" and runs[i].trainer.stop_signal == "SIGINT"
+        for i, s in done.items()
+    ):
+        raise KeyboardInterrupt
+    return done
+
+
+def _fit_alone(run: _Started) -> dict[str, Any]:
+    try:
+        result = run.trainer.fit()
+    except BaseException as error:
+        run.abort(error)
+        raise
+    summary = run.conclude(result)
+    if summary["status"] == "interrupted" and run.trainer.stop_signal == "SIGINT":
+        raise KeyboardInterrupt
+    return summary
 
 
 if __name__ == "__main__":

@@ -92,6 +92,27 @@ def autocast(run: RunConfig, device: torch.device) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
+def apply_layer_values(
+    values: dict[str, float],
+    schedules: dict[str, tuple[Schedule, list[nn.Module]]],
+    norms: Iterable[nn.Module],
+) -> None:
+    """Set the scheduled attributes of a step's ``values`` (:meth:`Trainer._schedule_values`)
+    on the layers that follow them, and which statistics ``norms`` train with."""
+    # written only where a layer holds another value: a write goes through
+    # nn.Module.__setattr__ and the setter's check, ~2 us a layer (scripts/bench_trainer.py)
+    for attribute, (_, layers) in schedules.items():
+        value = values[attribute]
+        for layer in layers:
+            if getattr(layer, attribute) != value:
+                setattr(layer, attribute, value)
+    if "uses_population" in values:
+        statistics = "population" if values["uses_population"] else "batch"
+        for layer in norms:
+            if layer.statistics != statistics:
+                layer.statistics = statistics
+
+
 class Trainer:
     def __init__(
         self,
@@ -251,18 +272,7 @@ class Trainer:
         values = self._schedule_values(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = values["lr"]
-        # written only where a layer holds another value: a write goes through
-        # nn.Module.__setattr__ and the setter's check, ~2 us a layer (scripts/bench_trainer.py)
-        for attribute, (_, layers) in self.schedules.items():
-            value = values[attribute]
-            for layer in layers:
-                if getattr(layer, attribute) != value:
-                    setattr(layer, attribute, value)
-        if "uses_population" in values:
-            statistics = "population" if values["uses_population"] else "batch"
-            for layer in self.norms.values():
-                if layer.statistics != statistics:
-                    layer.statistics = statistics
+        apply_layer_values(values, self.schedules, self.norms.values())
         return values["lr"]
 
     def _schedule_values(self, step: int) -> dict[str, float]:

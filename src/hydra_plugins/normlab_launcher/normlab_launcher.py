@@ -19,9 +19,11 @@ sweep directory, so each finished run is counted as it ends, not when the whole 
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import os
+import sys
 import tempfile
 import threading
 import uuid
@@ -97,36 +99,58 @@ class NormlabLauncher(Launcher):
             mode=str(task.get("progress", "auto")),
         )
         with _quiet_hydra_logs():
-            runs: list[JobReturn | None] = list(self._finished_runs(job_overrides))
+            checked = list(self._finished_runs(job_overrides))
+            runs: list[JobReturn | None] = [ret for ret, _ in checked]
+            cfgs = [cfg for _, cfg in checked]
             for ret in runs:
                 if ret is not None:
                     _report(progress, ret)
             pending = [i for i, ret in enumerate(runs) if ret is None]
+            packs = _packs(pending, cfgs)
+            packing = PackingTask(
+                self.task_function,
+                {
+                    tuple(job_overrides[pack[0]]): [
+                        (list(job_overrides[i]), cfgs[i]) for i in pack[1:]
+                    ]
+                    for pack in packs
+                    if len(pack) > 1
+                },
+            )
             if pending and self.in_process:
-                delegate = self._delegate(self.task_function)
+                delegate = self._delegate(packing)
                 with progress.in_process():
-                    for i in pending:
-                        (runs[i],) = delegate.launch([job_overrides[i]], initial_job_idx + i)
-                        _report(progress, runs[i])
+                    for pack in packs:
+                        leader = pack[0]
+                        (ret,) = delegate.launch([job_overrides[leader]], initial_job_idx + leader)
+                        members = _unpacked(ret, pack, job_overrides, cfgs)
+                        for i, member in zip(pack, members, strict=True):
+                            runs[i] = member
+                            _report(progress, member)
             elif pending:
                 returned = self._launch_elsewhere(
-                    [job_overrides[i] for i in pending], initial_job_idx, progress
+                    [job_overrides[pack[0]] for pack in packs], initial_job_idx, progress, packing
                 )
-                for i, ret in zip(pending, returned, strict=True):
-                    runs[i] = ret
+                for pack, ret in zip(packs, returned, strict=True):
+                    members = _unpacked(ret, pack, job_overrides, cfgs)
+                    for i, member in zip(pack, members, strict=True):
+                        runs[i] = member
+                self._report_unreported([runs[i] for i in pending], progress)
         progress.close()
         return runs
 
-    def _finished_runs(self, job_overrides: Sequence[Sequence[str]]) -> Iterator[JobReturn | None]:
+    def _finished_runs(
+        self, job_overrides: Sequence[Sequence[str]]
+    ) -> Iterator[tuple[JobReturn | None, DictConfig]]:
         """Per job, the result of its run if already finished (what the run itself would return
-        when skipping), else None."""
+        when skipping), else None; and its task config."""
         from normlab.train import finished_run
 
         assert self.task_configs is not None and self.config is not None
         for overrides in job_overrides:
             cfg = self.task_configs.load_sweep_config(self.config, list(overrides))
             summary = finished_run(cfg)
-            yield (
+            done = (
                 None
                 if summary is None
                 else JobReturn(
@@ -136,9 +160,14 @@ class NormlabLauncher(Launcher):
                     _return_value=summary,
                 )
             )
+            yield done, cfg
 
     def _launch_elsewhere(
-        self, job_overrides: list[Sequence[str]], initial_job_idx: int, progress: SweepProgress
+        self,
+        job_overrides: list[Sequence[str]],
+        initial_job_idx: int,
+        progress: SweepProgress,
+        task_function: TaskFunction,
     ) -> Sequence[JobReturn]:
         """The delegate runs the jobs in other processes, which report each run's end (and, for
         :attr:`workers_report_steps`, its steps) to a folder in the sweep directory, shared with
@@ -148,7 +177,7 @@ class NormlabLauncher(Launcher):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=sweep_dir, prefix=".normlab-progress-") as folder:
-            task = ReportingTask(self.task_function, folder, self.workers_report_steps)
+            task = ReportingTask(task_function, folder, self.workers_report_steps)
             steps = (
                 progress.other_processes(Path(folder))
                 if self.workers_report_steps
@@ -156,13 +185,18 @@ class NormlabLauncher(Launcher):
             )
             with steps, _FinishedRuns(Path(folder), progress) as reported:
                 returned = self._delegate(task).launch(job_overrides, initial_job_idx)
-        for ret in returned:  # runs that ended without a report (their task never returned)
+        self._reported = reported
+        return returned
+
+    def _report_unreported(self, returned: Sequence[JobReturn], progress: SweepProgress) -> None:
+        """Count the runs that ended without a report (their task never returned)."""
+        reported = self._reported
+        for ret in returned:
             key = tuple(ret.overrides or ())
             if reported[key]:
                 reported[key] -= 1
             else:
                 _report(progress, ret)
-        return returned
 
     def _delegate(self, task_function: TaskFunction) -> Launcher:
         assert self.config is not None and self.hydra_context is not None
@@ -172,6 +206,84 @@ class NormlabLauncher(Launcher):
         return Plugins.instance().instantiate_launcher(
             hydra_context=self.hydra_context, task_function=task_function, config=config
         )
+
+
+# ----------------------------------------------------------------------------- packed seeds
+
+
+@dataclass(frozen=True)
+class PackedResults:
+    """What a packed job returns: each member run's overrides and summary, leader first."""
+
+    overrides: list[list[str]]
+    summaries: list[Any]
+
+
+@dataclass(frozen=True)
+class PackingTask:
+    """The task function, except for a pack's leader: that job trains the whole pack in one
+    process (:func:`normlab.train.run_seeds_in_sweep`), its other members' configs composed by
+    the launcher and carried here (``packs``: leader overrides -> members' overrides and
+    configs)."""
+
+    task_function: TaskFunction
+    packs: dict[tuple[str, ...], list[tuple[list[str], DictConfig]]]
+
+    def __call__(self, cfg: DictConfig) -> Any:
+        leader = tuple(HydraConfig.get().overrides.task)
+        members = self.packs.get(leader)
+        if not members:
+            return self.task_function(cfg)
+        from normlab.train import run_seeds_in_sweep
+
+        summaries = run_seeds_in_sweep([cfg, *(member for _, member in members)])
+        return PackedResults([list(leader), *(o for o, _ in members)], summaries)
+
+
+def _packs(pending: Sequence[int], cfgs: Sequence[DictConfig]) -> list[list[int]]:
+    """The pending jobs in packs, each a cell's jobs that may train together (equal but for the
+    seed and the learning-rate factor: :func:`normlab.train.pack_key`), in the order of their
+    first job; a job that cannot be packed is a pack of its own, and says why once."""
+    from normlab.train import pack_key
+
+    packs: list[list[int]] = []
+    by_key: dict[str, list[int]] = {}
+    refusals: dict[str, None] = {}
+    for i in pending:
+        key, reason = pack_key(cfgs[i])
+        if reason is not None:
+            refusals[reason] = None
+        if key is None:
+            packs.append([i])
+        elif key in by_key:
+            by_key[key].append(i)
+        else:
+            by_key[key] = [i]
+            packs.append(by_key[key])
+    for reason in refusals:
+        print(f"normlab-train: {reason}: its seeds train one per process", file=sys.stderr)
+    return packs
+
+
+def _unpacked(
+    ret: JobReturn,
+    pack: Sequence[int],
+    job_overrides: Sequence[Sequence[str]],
+    cfgs: Sequence[DictConfig],
+) -> list[JobReturn]:
+    """One result per member of ``pack`` from its leader's: its own summary, or the leader's
+    failure for every member."""
+    value = ret._return_value
+    if len(pack) == 1:
+        return [ret]
+    if ret.status == JobStatus.COMPLETED and isinstance(value, PackedResults):
+        return [
+            dataclasses.replace(ret, overrides=overrides, cfg=cfgs[i], _return_value=summary)
+            for i, overrides, summary in zip(pack, value.overrides, value.summaries, strict=True)
+        ]
+    return [ret] + [
+        dataclasses.replace(ret, cfg=cfgs[i], overrides=list(job_overrides[i])) for i in pack[1:]
+    ]
 
 
 class TaskConfigLoader(ConfigLoader):
@@ -274,7 +386,11 @@ class ReportingTask:
         finally:
             if self.report_steps:
                 _restore(PROGRESS_DIR, previous)
-        self._write({"overrides": overrides, "summary": summary})
+        if isinstance(summary, PackedResults):
+            for member, result in zip(summary.overrides, summary.summaries, strict=True):
+                self._write({"overrides": member, "summary": result})
+        else:
+            self._write({"overrides": overrides, "summary": summary})
         return summary
 
     def _write(self, report: dict[str, Any]) -> None:

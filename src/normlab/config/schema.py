@@ -191,6 +191,7 @@ class RunConfig:
     device: str = "auto"
     precision: str = "float32"  # bfloat16: autocast; norm statistics stay in float32
     threads: int = 0
+    pack: bool = True  # a sweep trains a cell's seeds in one packed model (normlab.packing)
     deterministic: bool = True
     progress: str = "auto"
     resume: bool = True

@@ -108,20 +108,30 @@ class NormDiagnostics:
         """Turn the pending raw records into per-step diagnostics and add them to the sums."""
         if not self._pending:
             return
-        raw = self._buffer[: self._pending]
+        self._add_raw(self._buffer[: self._pending], self._pending_eps)
+        self._pending = 0
+
+    @torch.no_grad()
+    def add_steps(self, raw: Tensor, eps: float) -> None:
+        """Take in steps recorded elsewhere: ``raw`` holds one ``(rows, C)`` record per step, as
+        :meth:`slot` lays them out (a packed layer's records, one seed's channels)."""
+        self._fold()
+        self._add_raw(raw, eps)
+        self.steps += len(raw)
+
+    def _add_raw(self, raw: Tensor, eps: float) -> None:
         if self._channel_sums is None:
             self._channel_sums = raw.new_zeros((len(self.CHANNEL_FIELDS), self.num_features))
             self._scalar_sums = raw.new_zeros(len(self.fields))
         if self.compiled and kernels.folds(raw):
-            kernels.fold_diagnostics(raw, self._pending_eps, self._channel_sums, self._scalar_sums)
+            kernels.fold_diagnostics(raw, eps, self._channel_sums, self._scalar_sums)
         else:
-            self._fold_with_pytorch(raw)
-        self._pending = 0
+            self._fold_with_pytorch(raw, eps)
 
-    def _fold_with_pytorch(self, raw: Tensor) -> None:
+    def _fold_with_pytorch(self, raw: Tensor, eps: float) -> None:
         batch_mean, batch_var, ref_mean, ref_std = raw[:, : len(self.RAW_ROWS)].unbind(1)
         mean_shift = (batch_mean - ref_mean).abs_().div_(ref_std)
-        std_ratio = (batch_var + self._pending_eps).sqrt_().div_(ref_std)
+        std_ratio = (batch_var + eps).sqrt_().div_(ref_std)
         self._channel_sums += torch.stack((mean_shift, std_ratio), dim=1).sum(dim=0)
         rms = (batch_var + batch_mean.square()).mean(dim=-1).sqrt_()
         mean_rms = batch_mean.square().mean(dim=-1).sqrt_()

@@ -1,0 +1,202 @@
+"""Training steps/s of one cell's seeds packed in one process against one process per seed.
+
+Not a test: a measurement. For each model (the MNIST-1D ``mlp`` and ``cnn1d``, batch norm, the
+default ``normlab-train`` config otherwise) and batch size, the same ``--seeds`` seeds train:
+
+- **packed**: one process with ``--threads`` threads, all seeds in one packed model
+  (:class:`normlab.packed_trainer.PackedTrainer`, its real ``_iteration``);
+- **alone**: the seeds spread over ``--threads`` worker processes of one thread each (as
+  ``make run``'s joblib sweep runs them: same total threads), each seed trained by the real
+  ``Trainer._iteration`` after the other in its worker.
+
+Each process times only its training steps, after ``--warmup`` untimed ones (Python start,
+imports and building the models are left out: they favour packing further). The table gives
+seed-steps per second (every seed's steps over the wall time of the slowest worker) and their
+ratio; steps and eval_every lie past the timed steps, so no evaluation falls inside them.
+
+    python scripts/bench_packed.py                    # CPU, 5 seeds, 2 threads
+    python scripts/bench_packed.py --device cuda --seeds 64 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from normlab.config.schema import RunConfig
+from normlab.config.validation import validate
+from normlab.data import Dataset, load_dataset
+from normlab.packed_trainer import PackedTrainer
+from normlab.progress import RunProgress
+from normlab.records import RunRecord
+from normlab.train import CONF_DIR, build_run_model, seed_everything
+from normlab.trainer import Trainer
+
+MODELS = ("mlp", "cnn1d")
+BATCH_SIZES = (1, 4, 16, 128)
+TARGET = 3.0  # at batch sizes <= 16
+# the models of the seed_question studies: the MLP of seed_question_mlp (3 x 128), cnn1d as
+# registered (3 x 32)
+
+
+def compose_run(model: str, batch_size: int, seed: int, steps: int, args) -> RunConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[
+                f"model={model}",
+                *(["model.depth=3", "model.width=128"] if model == "mlp" else []),
+                f"batch_size={batch_size}",
+                f"seed={seed}",
+                f"steps={steps}",
+                f"eval_every={steps}",
+                f"device={args.device}",
+                f"paths.cache={args.cache}",
+                "progress=off",
+                "sweep=bench",
+            ],
+        )
+    GlobalHydra.instance().clear()
+    return validate(cfg)
+
+
+def trainer_for(config: RunConfig, data: Dataset, record_dir: Path) -> Trainer:
+    seed_everything(config.seed)
+    model = build_run_model(config, data).to(data.x_train.device)
+    trainer = Trainer(
+        config, data, model, RunRecord(record_dir / str(config.seed)), data.x_train.device
+    )
+    trainer.progress = RunProgress(trainer.total, "bench", "off")  # fit() is not used here
+    return trainer
+
+
+def timed(iteration, warmup: int, steps: int, device: str) -> float:
+    for _ in range(warmup):
+        iteration()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        iteration()
+    sync()
+    return time.perf_counter() - start
+
+
+def worker(args) -> None:
+    """One process's share: its seeds packed, or one after another; prints its seconds."""
+    torch.set_num_threads(args.threads)
+    data = load_dataset("mnist1d", cache_dir=args.cache, device=args.device)
+    seeds = [int(s) for s in args.worker_seeds.split(",")]
+    run_steps = args.warmup + args.steps + 1
+    with tempfile.TemporaryDirectory() as tmp:  # records are never opened: nothing is written
+        configs = [compose_run(args.model, args.batch, s, run_steps, args) for s in seeds]
+        trainers = [trainer_for(c, data, Path(tmp)) for c in configs]
+        if args.worker == "packed":
+            packed = PackedTrainer(trainers, configs[0].norm.build, lambda i, s: None)
+            packed.progress = RunProgress(packed.total, "bench", "off")
+            seconds = timed(packed._iteration, args.warmup, args.steps, args.device)
+        else:
+            seconds = sum(
+                timed(t._iteration, args.warmup, args.steps, args.device) for t in trainers
+            )
+        if any(t.evaluations for t in trainers):
+            raise RuntimeError("an evaluation fell inside the timed steps")
+    print(json.dumps({"seconds": seconds}))
+
+
+def run_workers(args, model: str, batch: int, shares: list[tuple[str, list[int], int]]) -> float:
+    """Start one process per share (kind, seeds, threads) at once; the slowest one's seconds."""
+    processes = []
+    for kind, seeds, threads in shares:
+        command = [
+            sys.executable, __file__, "--worker", kind, "--model", model, "--batch", str(batch),
+            "--worker-seeds", ",".join(map(str, seeds)), "--threads", str(threads),
+            "--steps", str(args.steps), "--warmup", str(args.warmup),
+            "--device", args.device, "--cache", args.cache,
+        ]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        processes.append(subprocess.Popen(command, stdout=subprocess.PIPE, env=env, text=True))
+    seconds = []
+    for process in processes:
+        out, _ = process.communicate()
+        if process.returncode:
+            raise SystemExit(f"a worker failed ({process.returncode})")
+        seconds.append(json.loads(out.strip().splitlines()[-1])["seconds"])
+    return max(seconds)
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2, help="total threads of either side")
+    parser.add_argument("--steps", type=int, default=200, help="timed steps per seed")
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--cache", default=".cache/normlab", help="MNIST-1D cache directory")
+    parser.add_argument("--worker", choices=("packed", "alone"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker-seeds", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    seeds = list(range(args.seeds))
+    workers = max(1, min(args.threads, args.seeds))
+    rows = []
+    for model in args.models.split(","):
+        for batch in (int(b) for b in args.batch_sizes.split(",")):
+            packed = run_workers(args, model, batch, [("packed", seeds, args.threads)])
+            alone = run_workers(
+                args,
+                model,
+                batch,
+                [("alone", seeds[w::workers], args.threads // workers) for w in range(workers)],
+            )
+            total = args.seeds * args.steps
+            rows.append((model, batch, total / alone, total / packed, alone / packed))
+
+    print(
+        f"device: {args.device} ({device_name(args.device)}), torch {torch.__version__}, "
+        f"{args.seeds} seeds, {args.threads} threads on either side, {os.cpu_count()} cores"
+    )
+    print(f"{args.steps} timed steps per seed after {args.warmup} warm-up steps\n")
+    print(f"{'model':>6}  {'batch':>5}  {'alone seed-steps/s':>18}  {'packed seed-steps/s':>19}"
+          f"  {'speedup':>7}")  # fmt: skip
+    for model, batch, alone, packed, speedup in rows:
+        flag = "" if batch > 16 or speedup >= TARGET else f"  < {TARGET}"
+        print(f"{model:>6}  {batch:>5}  {alone:>18.1f}  {packed:>19.1f}  {speedup:>6.2f}x{flag}")
+    print(
+        f"\nalone: the seeds over {workers} worker processes of {args.threads // workers} "
+        f"thread(s), one seed after another in each (as a joblib sweep runs them); packed: one"
+        f"\nprocess of {args.threads} thread(s). seed-steps/s: every seed's timed steps over the "
+        "wall time of the slowest process. Both run the real loops (Trainer._iteration,"
+        "\nPackedTrainer._iteration: schedules, step, window, divergence checks), norm=batch."
+    )
+    at_four = [speedup for _, batch, _, _, speedup in rows if batch == 4]
+    if at_four:
+        print(f"packed speedup at batch 4: {min(at_four):.2f}x")
+
+
+if __name__ == "__main__":
+    main()

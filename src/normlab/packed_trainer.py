@@ -1,0 +1,279 @@
+"""The seeds of one cell trained side by side in one packed model (:mod:`normlab.packing`).
+
+Each seed keeps its own :class:`~normlab.trainer.Trainer` (model, sampler, record, detector,
+evaluator, checkpoint): the packed trainer only replaces the training step. Per step every seed
+draws its batch from its own sampler, the batches go in as the seeds' channel groups, and the
+loss is the sum over seeds of each seed's mean cross-entropy, so each seed's gradient is the one
+its unpacked run computes; clipping is per seed, and a seed's learning rate differs from the
+first's by a constant factor (a study's selection stage), applied to its slice of the step: SGD
+and AdamW steps are linear in the learning rate. Whenever a row, a divergence check or a
+checkpoint falls due, each seed's slice is copied into its own model and optimizer and its own
+trainer logs, evaluates and checkpoints exactly as unpacked. A seed that diverges stops alone:
+its row and record are written at that step, and its slice is restored after every later step
+(parameters, buffers, optimizer state), so neither the step, weight decay nor momentum moves it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from normlab.norms import norm_layers
+from normlab.optim import build_optimizer
+from normlab.packing import NormFactory, Pack, PackedDiagnostics, pack_model
+from normlab.progress import RunProgress
+from normlab.signals import SignalGuard
+from normlab.trainer import Trainer, apply_layer_values, autocast, layer_schedules
+
+Finished = Callable[[int, dict[str, Any]], None]
+
+
+class _Quiet:
+    """A seed's progress while the pack draws one bar for all of them."""
+
+    def update(self, step: int, **fields: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class PackedTrainer:
+    """Trains ``trainers`` (one per seed, all at the same step) as one packed model; calls
+    ``finished(index, summary)`` as each seed's run ends."""
+
+    def __init__(self, trainers: Sequence[Trainer], norm: NormFactory, finished: Finished) -> None:
+        steps = {t.step for t in trainers}
+        if len(steps) != 1:
+            raise ValueError(f"packed seeds must start at one step, got {sorted(steps)}")
+        self.trainers, self.finished = list(trainers), finished
+        first = self.trainers[0]
+        self.run, self.data, self.device = first.run, first.data, first.device
+        self.seeds, self.step, self.total = len(trainers), first.step, first.total
+        self.active = [True] * self.seeds
+        models = [t.model for t in self.trainers]
+        self.model = pack_model(models, norm).to(self.device)
+        self.pack = Pack(self.model, models, self.active)
+        for seed in range(self.seeds):
+            self.pack.load_seed(seed)
+        self.optimizer = build_optimizer(self.model, self.run, fused=True)
+        self.pack.load_optimizer(self.optimizer, [t.optimizer for t in self.trainers])
+        self.params = list(self.model.parameters())
+        names = {id(p): n for n, p in first.model.named_parameters()}
+        self.biases = [self.pack.params[names[id(b)]] for b in first.biases]
+        self.norms = norm_layers(self.model)
+        self.schedules = layer_schedules(self.run, self.norms.values())
+        for layer in self.norms.values():
+            layer.track_running = not self.run.norm.switch.switch_freeze
+        ratios = [t.base_lr / first.base_lr for t in self.trainers]
+        self.lr_ratios = (
+            None if all(r == 1.0 for r in ratios) else torch.tensor(ratios, device=self.device)
+        )
+        self.pending_losses: list[Tensor] = [
+            torch.stack(column)
+            for column in zip(*(t.window.pending_losses for t in self.trainers), strict=True)
+        ]
+        for t in self.trainers:
+            t.window.pending_losses = []
+            t.progress = _Quiet()
+        self._reset_window()
+        self.stop_signal: str | None = None
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(self) -> None:
+        first = self.trainers[0]
+        label = f"{first.record.run_dir.name} (+{self.seeds - 1} seeds)"
+        self.progress = RunProgress(self.total, label, self.run.progress, initial=self.step)
+        self.model.train()
+        try:
+            with SignalGuard(self) as signals:
+                if self.step == 0:
+                    for index, trainer in self._running():
+                        if trainer.record.metrics.rows_written == 0:
+                            self._sync(index)
+                            trainer._log_row()
+                    signals.dispatch()
+                while self.step < self.total and any(self.active) and not self.stop_signal:
+                    self._iteration()
+                    signals.dispatch()
+                if self.stop_signal:
+                    self.save_checkpoint()
+        finally:
+            self.progress.close()
+        for index, trainer in self._running():
+            trainer.stop_signal = self.stop_signal
+            self._end(index)
+
+    def _running(self) -> list[tuple[int, Trainer]]:
+        return [(i, t) for i, t in enumerate(self.trainers) if self.active[i]]
+
+    def _iteration(self) -> None:
+        self._train_step()
+        log_due = self.step % self.trainers[0].eval_every == 0 or self.step == self.total
+        if log_due or self.step % self.run.divergence.check_every == 0:
+            self._check_divergence()
+        if log_due:
+            for index, trainer in self._running():
+                self._sync(index)
+                trainer._log_row()
+                trainer._maybe_checkpoint()
+
+    def _train_step(self) -> None:
+        started = time.perf_counter()
+        first = self.trainers[0]
+        values = first._schedule_values(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = values["lr"]
+        apply_layer_values(values, self.schedules, self.norms.values())
+        index = torch.stack([t.sampler.next_indices() for t in self.trainers])
+        x, y = self._inputs(index), self.data.y_train[index]
+        with autocast(self.run, self.device):
+            logits = self.model(x).view(y.shape[1], self.seeds, -1)
+            losses = F.cross_entropy(logits.float().permute(0, 2, 1), y.T, reduction="none")
+            losses = losses.mean(dim=0)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        if self.run.optim.grad_clip is not None:
+            self._clip_per_seed(self.run.optim.grad_clip)
+        self._optimizer_step()
+        for stopped in (i for i, running in enumerate(self.active) if not running):
+            self._restore(stopped)
+        self._add_to_window(losses.detach(), logits.detach(), y)
+        if first.trace is not None:
+            self._trace(losses.detach())
+        self.step += 1
+        share = (time.perf_counter() - started) / sum(self.active)
+        for _, trainer in self._running():  # each seed's share of the packed step
+            trainer.train_seconds += share
+
+    def _inputs(self, index: Tensor) -> Tensor:
+        """Seed ``s``'s batch as channel group ``s``: ``(B, S * C, ...)``."""
+        x = self.data.x_train[index.view(-1)]
+        x = x.view(self.seeds, index.shape[1], *x.shape[1:]).transpose(0, 1)
+        return x.reshape(index.shape[1], -1, *x.shape[3:])
+
+    def _clip_per_seed(self, max_norm: float) -> None:
+        """``clip_grad_norm_`` applied to each seed's gradients on their own."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        coef = (max_norm / (self.pack.per_seed_norms(grads) + 1e-6)).clamp_(max=1.0)
+        for grad in grads:
+            grad.view(self.seeds, -1).mul_(coef.unsqueeze(1))
+
+    def _optimizer_step(self) -> None:
+        if self.lr_ratios is None:
+            self.optimizer.step()
+            return
+        with torch.no_grad():
+            before = [p.detach().clone() for p in self.params]
+        self.optimizer.step()
+        with torch.no_grad():
+            for param, old in zip(self.params, before, strict=True):
+                delta = param.sub_(old).view(self.seeds, -1)
+                delta.mul_(self.lr_ratios.unsqueeze(1))
+                param.add_(old)
+
+    def _restore(self, index: int) -> None:
+        """A stopped seed's slice as it stopped: parameters, buffers, optimizer state."""
+        self.pack.load_seed(index, shared=False)
+        self.pack.restore_optimizer(self.optimizer, index, self.trainers[index].optimizer)
+
+    # ------------------------------------------------------------------ per-seed measurements
+
+    def _reset_window(self) -> None:
+        self.loss_sum: Tensor | None = None
+        self.predictions: list[tuple[Tensor, Tensor]] = []
+        self.window_steps = 0
+
+    def _add_to_window(self, losses: Tensor, logits: Tensor, labels: Tensor) -> None:
+        self.loss_sum = losses.clone() if self.loss_sum is None else self.loss_sum.add_(losses)
+        self.predictions.append((logits, labels))
+        self.pending_losses.append(losses)
+        self.window_steps += 1
+
+    def _flush_window(self) -> None:
+        """The steps since the last flush into every running seed's own window."""
+        if self.window_steps:
+            logits = torch.cat([lg for lg, _ in self.predictions])  # (T * B, S, K)
+            labels = torch.cat([lb.T for _, lb in self.predictions])  # (T * B, S)
+            correct = (logits.argmax(dim=2) == labels).sum(dim=0)
+            examples = len(labels)
+            for index, trainer in self._running():
+                window = trainer.window
+                window._count_correct()
+                loss, right = self.loss_sum[index].clone(), correct[index].clone()
+                window.loss_sum = loss if window.loss_sum is None else window.loss_sum + loss
+                window.correct = right if window.correct is None else window.correct + right
+                window.examples += examples
+                window.steps += self.window_steps
+            self._reset_window()
+        for index, trainer in self._running():
+            trainer.window.pending_losses = [losses[index] for losses in self.pending_losses]
+
+    def _trace(self, losses: Tensor) -> None:
+        nan = torch.full_like(losses, float("nan"))
+        params = self.pack.per_seed_norms(self.params)
+        biases = self.pack.per_seed_norms(self.biases) if self.biases else nan
+        means = [
+            m.view(self.seeds, -1).square().mean(dim=1).sqrt()
+            for m in (n.diagnostics.current_batch_mean() for n in self.norms.values())
+            if m is not None
+        ]
+        mean_rms = torch.stack(means).mean(dim=0) if means else nan
+        values = torch.stack((losses.float(), params, biases, mean_rms.to(losses.dtype)), dim=1)
+        for index, trainer in self._running():
+            trainer.trace.add(self.step, values[index])
+
+    def _check_divergence(self) -> None:
+        first = self.step - len(self.pending_losses)
+        losses = torch.stack(self.pending_losses).T.tolist() if self.pending_losses else None
+        self.pending_losses = []
+        norms = self.pack.per_seed_norms(self.params).tolist()
+        for index, trainer in self._running():
+            detector = trainer.detector
+            trainer.divergence = detector.check_losses(
+                losses[index] if losses else [], first
+            ) or detector.check_params(norms[index], self.step)
+            if trainer.divergence is not None:
+                self._sync(index)
+                if trainer.last_logged_step != self.step:
+                    trainer._log_row()
+                self._end(index)
+        if losses:
+            self.progress.update(self.step, loss=losses[0][-1])
+
+    def _sync(self, index: int) -> None:
+        """Seed ``index``'s slice and everything measured since into its own trainer."""
+        trainer = self.trainers[index]
+        self.pack.store_seed(index)
+        self.pack.store_optimizer(self.optimizer, index, trainer.optimizer)
+        ratio = 1.0 if self.lr_ratios is None else float(self.lr_ratios[index])
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = self.optimizer.param_groups[0]["lr"] * ratio
+        for layer in self.norms.values():
+            if isinstance(layer.diagnostics, PackedDiagnostics):
+                layer.diagnostics._fold()
+        self._flush_window()
+        trainer.step = self.step
+        if self.step:  # the layer attributes the last step trained with (train-mode evaluation)
+            values = trainer._schedule_values(self.step - 1)
+            apply_layer_values(values, trainer.schedules, trainer.norms.values())
+
+    def _end(self, index: int) -> None:
+        """Seed ``index``'s run is over: it stops, and its summary goes to ``finished``."""
+        self._sync(index)
+        self.active[index] = False
+        self.finished(index, {**self.trainers[index].summary(), "packed_runs": self.seeds})
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> None:
+        """Every running seed's own checkpoint, as its unpacked run writes it."""
+        for index, trainer in self._running():
+            self._sync(index)
+            trainer.save_checkpoint()

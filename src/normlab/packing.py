@@ -1,0 +1,291 @@
+"""A cell's seeds as one model: S seeds packed as S groups of channels.
+
+Every layer of the packed model keeps the seeds apart by construction:
+
+- a linear layer becomes :class:`PackedLinear`, one matrix per seed (a batched matmul, never a
+  dense block-diagonal one, so a non-finite value in one seed's block meets no other's);
+- a convolution takes ``groups = S`` times its own groups;
+- a norm layer is the same normlab layer built over ``S * C`` channels (the run's own norm
+  factory), so every per-channel statistic, buffer and compiled step stays per seed and every
+  built-in mode is exact unchanged; group and layer norm take S times their groups.
+
+Activations are laid out ``(B, S * C, ...)``: seed ``s``'s batch is channel group ``s``, so the
+built-in models' forwards (flatten, pooling, residual sums, ReLU) run unchanged. Each seed's
+model is built as an ordinary run builds it, from its own seed; :class:`Pack` copies its tensors
+into its slice (:meth:`Pack.load_seed`) and back (:meth:`Pack.store_seed`), optimizer state
+included, so a seed's checkpoint is the one its unpacked run would write.
+
+A model or mode from outside the package (``_target_``) may mix channels in its forward:
+:func:`unpackable_reason` says why such a run trains one seed per process.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from normlab.norms import RunningStatsNorm
+from normlab.norms.diagnostics import NormDiagnostics
+
+NormFactory = Callable[[int], nn.Module]
+
+
+def unpackable_reason(run: Any) -> str | None:
+    """Why the seeds of ``run``'s cell cannot share one packed model, or None if they can."""
+    if run.model._target_ is not None:
+        return f"model={run.model.name} comes from outside normlab ({run.model._target_})"
+    if run.norm.target is not None:
+        return f"norm={run.norm.mode} comes from outside normlab ({run.norm.target})"
+    if run.distributed.world_size > 1:
+        return f"distributed.world_size={run.distributed.world_size}: one run spans its ranks"
+    return None
+
+
+class PackedLinear(nn.Module):
+    """S independent linear layers on ``(B, S * in_features)``: seed ``s`` maps its group of
+    inputs with its own ``weight[s * out:(s + 1) * out]`` (a plain ``weight`` parameter of shape
+    ``(S * out, in)``, the seeds' weights stacked, so a per-row parametrization applies)."""
+
+    def __init__(self, seeds: int, in_features: int, out_features: int, bias: bool) -> None:
+        super().__init__()
+        self.seeds, self.in_features, self.out_features = seeds, in_features, out_features
+        self.weight = nn.Parameter(torch.empty(seeds * out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(seeds * out_features)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch = x.shape[0]
+        inputs = x.view(batch, self.seeds, self.in_features).transpose(0, 1)
+        weight = self.weight.view(self.seeds, self.out_features, self.in_features).transpose(1, 2)
+        if self.bias is None:
+            out = torch.bmm(inputs, weight)
+        else:
+            out = torch.baddbmm(self.bias.view(self.seeds, 1, self.out_features), inputs, weight)
+        return out.transpose(0, 1).reshape(batch, self.seeds * self.out_features)
+
+    def extra_repr(self) -> str:
+        bias = self.bias is not None
+        return f"seeds={self.seeds}, in={self.in_features}, out={self.out_features}, bias={bias}"
+
+
+class PackedDiagnostics(NormDiagnostics):
+    """A packed norm layer's diagnostics: the layer records its ``S * C`` channels as usual, and
+    each fold hands every active seed its own channels' records (``seeds[s]``, that seed's
+    unpacked layer's diagnostics, which its record then reads as an unpacked run would)."""
+
+    def __init__(self, seeds: list[NormDiagnostics], active: list[bool]) -> None:
+        first = seeds[0]
+        super().__init__(len(seeds) * first.num_features, first.clip_fields)
+        self.seeds, self.active = seeds, active
+
+    @torch.no_grad()
+    def _fold(self) -> None:
+        if not self._pending:
+            return
+        raw = self._buffer[: self._pending]
+        per_seed = raw.view(*raw.shape[:2], len(self.seeds), -1)
+        for index, diagnostics in enumerate(self.seeds):
+            if self.active[index]:
+                diagnostics.add_steps(per_seed[:, :, index].contiguous(), self._pending_eps)
+        self._pending = 0
+
+
+def pack_model(models: Sequence[nn.Module], norm: NormFactory) -> nn.Module:
+    """One model holding ``models`` (the same architecture, one per seed) side by side; its
+    tensors start as copies of theirs (:meth:`Pack.load_seed`)."""
+    packed = copy.deepcopy(models[0])
+    _widen(packed, len(models), norm)
+    return packed
+
+
+def _widen(module: nn.Module, seeds: int, norm: NormFactory) -> None:
+    for name, child in list(module.named_children()):
+        wide = _wide_layer(child, seeds, norm)
+        if wide is None:
+            _widen(child, seeds, norm)
+            continue
+        if parametrize.is_parametrized(child):
+            for tensor_name, chain in child.parametrizations.items():
+                for parametrization in chain:
+                    parametrize.register_parametrization(
+                        wide, tensor_name, copy.deepcopy(parametrization)
+                    )
+        setattr(module, name, wide)
+
+
+def _wide_layer(layer: nn.Module, seeds: int, norm: NormFactory) -> nn.Module | None:
+    """The packed counterpart of one layer, or None for a container (widened inside) or a
+    layer without per-seed state (ReLU, identity)."""
+    if isinstance(layer, nn.Linear):
+        return PackedLinear(seeds, layer.in_features, layer.out_features, layer.bias is not None)
+    if isinstance(layer, nn.Conv1d | nn.Conv2d):
+        return type(layer)(
+            seeds * layer.in_channels,
+            seeds * layer.out_channels,
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=seeds * layer.groups,
+            bias=layer.bias is not None,
+            padding_mode=layer.padding_mode,
+        )
+    if isinstance(layer, nn.GroupNorm):
+        wide = copy.deepcopy(layer)
+        wide.num_groups, wide.num_channels = seeds * layer.num_groups, seeds * layer.num_channels
+        if layer.affine:
+            wide.weight = nn.Parameter(layer.weight.detach().repeat(seeds))
+            wide.bias = nn.Parameter(layer.bias.detach().repeat(seeds))
+        return wide
+    if isinstance(layer, RunningStatsNorm):
+        wide = norm(seeds * layer.num_features)
+        if type(wide) is not type(layer):
+            raise TypeError(f"the norm factory built {type(wide).__name__}, not {type(layer)}")
+        wide.compiled_step = layer.compiled_step
+        return wide
+    return None
+
+
+def seed_dim(packed: Tensor, unpacked: Tensor, seeds: int) -> int | None:
+    """The dim along which ``packed`` stacks the seeds' ``unpacked`` tensors, or None for a
+    tensor the seeds share (a step counter)."""
+    if packed.shape == unpacked.shape:
+        return None
+    for dim, (wide, narrow) in enumerate(zip(packed.shape, unpacked.shape, strict=True)):
+        if wide == seeds * narrow and packed.shape[dim + 1 :] == unpacked.shape[dim + 1 :]:
+            return dim
+    raise ValueError(f"{tuple(packed.shape)} does not stack {seeds} of {tuple(unpacked.shape)}")
+
+
+class Pack:
+    """A packed model and its seeds' unpacked models, tensor by tensor: what moves a seed's
+    parameters, gradients, buffers and optimizer state into its slice and back."""
+
+    def __init__(
+        self, packed: nn.Module, models: Sequence[nn.Module], active: list[bool] | None = None
+    ) -> None:
+        self.model, self.models, self.seeds = packed, list(models), len(models)
+        self.active = active if active is not None else [True] * self.seeds
+        self.params = dict(packed.named_parameters())
+        self.buffers = dict(packed.named_buffers())
+        self.seed_params = [dict(m.named_parameters()) for m in self.models]
+        self.seed_buffers = [dict(m.named_buffers()) for m in self.models]
+        first_params, first_buffers = self.seed_params[0], self.seed_buffers[0]
+        for name, param in self.params.items():
+            if seed_dim(param, first_params[name], self.seeds) != 0:
+                raise ValueError(f"parameter {name} does not stack its seeds along dim 0")
+        self.buffer_dims = {
+            name: seed_dim(b, first_buffers[name], self.seeds) for name, b in self.buffers.items()
+        }
+        self._diagnostics()
+
+    def _diagnostics(self) -> None:
+        layers = [dict(m.named_modules()) for m in self.models]
+        for name, layer in self.model.named_modules():
+            if isinstance(layer, RunningStatsNorm):
+                seeds = [modules[name].diagnostics for modules in layers]
+                layer.diagnostics = PackedDiagnostics(seeds, self.active)
+                layer.diagnostics.compiled = layer.compiled_step
+
+    def seed_slice(self, tensor: Tensor, dim: int | None, seed: int) -> Tensor:
+        if dim is None:
+            return tensor
+        return tensor.chunk(self.seeds, dim)[seed]
+
+    @torch.no_grad()
+    def load_seed(self, seed: int, shared: bool = True) -> None:
+        """Seed ``seed``'s parameters and buffers into its slice; with ``shared``, the buffers
+        all seeds share (a step counter) too, from the first seed."""
+        for name, param in self.params.items():
+            self.seed_slice(param, 0, seed).copy_(self.seed_params[seed][name])
+        for name, buffer in self.buffers.items():
+            dim = self.buffer_dims[name]
+            if dim is not None or (shared and seed == 0):
+                self.seed_slice(buffer, dim, seed).copy_(self.seed_buffers[seed][name])
+
+    @torch.no_grad()
+    def store_seed(self, seed: int) -> None:
+        """Seed ``seed``'s slice of every parameter, gradient and buffer into its own model."""
+        for name, param in self.params.items():
+            own = self.seed_params[seed][name]
+            own.copy_(self.seed_slice(param, 0, seed))
+            grad = param.grad
+            own.grad = None if grad is None else self.seed_slice(grad, 0, seed).clone()
+        for name, buffer in self.buffers.items():
+            own = self.seed_buffers[seed][name]
+            own.copy_(self.seed_slice(buffer, self.buffer_dims[name], seed))
+
+    # ------------------------------------------------------------------ optimizer state
+
+    def _seed_param_names(self, seed: int) -> dict[int, str]:
+        return {id(p): name for name, p in self.seed_params[seed].items()}
+
+    @torch.no_grad()
+    def load_optimizer(
+        self, packed: torch.optim.Optimizer, seeds: Sequence[torch.optim.Optimizer]
+    ) -> None:
+        """The packed optimizer's state from every seed's (a resumed run's), slice by slice;
+        state the seeds share (a step count) from the first."""
+        names = [self._seed_param_names(s) for s in range(self.seeds)]
+        states = [
+            {names[s][id(p)]: state for p, state in optimizer.state.items()}
+            for s, optimizer in enumerate(seeds)
+        ]
+        for name, param in self.params.items():
+            per_seed = [state.get(name) for state in states]
+            if any(state is None for state in per_seed):
+                continue
+            packed.state[param] = {
+                key: _stack(param, [state[key] for state in per_seed]) for key in per_seed[0]
+            }
+
+    @torch.no_grad()
+    def store_optimizer(
+        self, packed: torch.optim.Optimizer, seed: int, optimizer: torch.optim.Optimizer
+    ) -> None:
+        """Seed ``seed``'s slice of the packed optimizer's state into its own optimizer."""
+        for name, param in self.params.items():
+            state = packed.state.get(param)
+            own = self.seed_params[seed][name]
+            if not state:
+                optimizer.state.pop(own, None)
+                continue
+            optimizer.state[own] = {
+                key: self.seed_slice(value, 0, seed).clone()
+                if isinstance(value, Tensor) and value.shape == param.shape
+                else _copy(value)
+                for key, value in state.items()
+            }
+
+    @torch.no_grad()
+    def restore_optimizer(
+        self, packed: torch.optim.Optimizer, seed: int, optimizer: torch.optim.Optimizer
+    ) -> None:
+        """Seed ``seed``'s own optimizer state back into its slice (a frozen seed)."""
+        for name, param in self.params.items():
+            state, own = packed.state.get(param), optimizer.state.get(self.seed_params[seed][name])
+            if not state or not own:
+                continue
+            for key, value in state.items():
+                if isinstance(value, Tensor) and value.shape == param.shape:
+                    self.seed_slice(value, 0, seed).copy_(own[key])
+
+    def per_seed_norms(self, tensors: Sequence[Tensor]) -> Tensor:
+        """The Euclidean norm of each seed's slices of ``tensors`` (all stacked along dim 0)."""
+        rows = [t.detach().reshape(self.seeds, -1) for t in tensors]
+        return torch.stack([torch.linalg.vector_norm(r, dim=1) for r in rows]).norm(dim=0)
+
+
+def _stack(param: Tensor, values: list[Any]) -> Any:
+    first = values[0]
+    if isinstance(first, Tensor) and first.dim() and first.shape[0] * len(values) == len(param):
+        return torch.cat(values)
+    return _copy(first)
+
+
+def _copy(value: Any) -> Any:
+    return value.clone() if isinstance(value, Tensor) else copy.deepcopy(value)

@@ -1,0 +1,197 @@
+"""A cell's seeds packed into one model: each seed trains as its unpacked run does."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from normlab.config.identity import run_directory
+from normlab.config.validation import validate
+from normlab.models import build_model
+from normlab.norms import registry
+from normlab.packing import Pack, pack_model
+from normlab.records import CHECKPOINT_FILE
+from normlab.train import pack_key, run, run_seeds
+
+MODES = ("batch", "moving_average", "renorm", "online", "mabn", "group", "layer", "none")
+SEEDS = (0, 1, 2)
+# a few steps of a tiny run, logging every step
+TINY = ["steps=6", "eval_every=2", "batch_size=4", "model.depth=2", "model.width=8"]
+SWEPT = [t for t in TINY if not t.startswith("batch_size")]  # a sweep sets its own
+
+
+def _mode(mode: str) -> list[str]:
+    return [f"norm={mode}"] + (["norm.groups=4"] if mode == "group" else [])
+
+
+@pytest.mark.parametrize(
+    ("mode", "model"), [*((mode, "cnn1d") for mode in MODES), ("batch", "mlp")]
+)
+def test_a_packed_step_is_each_seeds_own_step(mode, model):
+    """Forward, gradients and buffers of a packed model equal each seed's unpacked model (the
+    reference: the seeds' own models, stepped one by one with torch.nn.functional)."""
+    options = {"mode": mode, **({"groups": 4} if mode == "group" else {})}
+    choice = registry.choose(options)
+    models = []
+    for seed in SEEDS:
+        torch.manual_seed(seed)
+        models.append(build_model(model, (1, 40), 10, choice.build, depth=2, width=8))
+    pack = Pack(pack_model(models, choice.build), models)
+    for seed in SEEDS:
+        pack.load_seed(seed)
+    x = [torch.randn(4, 1, 40, generator=torch.Generator().manual_seed(9 + s)) for s in SEEDS]
+    y = [torch.tensor([s, 3, 5, 7]) for s in SEEDS]
+    packed_x = torch.stack(x).transpose(0, 1).reshape(4, len(SEEDS), 40)
+    for _ in range(2):
+        logits = pack.model(packed_x).view(4, len(SEEDS), 10)
+        sum(F.cross_entropy(logits[:, s], y[s]) for s in SEEDS).backward()
+        for s in SEEDS:
+            own = models[s](x[s])
+            F.cross_entropy(own, y[s]).backward()
+            torch.testing.assert_close(logits[:, s], own, rtol=1e-5, atol=1e-6)
+    expected = [
+        ({n: p.grad.clone() for n, p in m.named_parameters()}, dict(m.named_buffers()))
+        for m in models
+    ]
+    expected = [(g, {n: b.clone() for n, b in bufs.items()}) for g, bufs in expected]
+    for s in SEEDS:
+        pack.store_seed(s)
+        grads, buffers = expected[s]
+        for name, param in models[s].named_parameters():
+            torch.testing.assert_close(param.grad, grads[name], rtol=1e-4, atol=1e-5)
+        for name, buffer in models[s].named_buffers():
+            torch.testing.assert_close(buffer, buffers[name], rtol=1e-5, atol=1e-6)
+
+
+def _metrics(run_dir) -> pd.DataFrame:
+    return pd.read_csv(Path(run_dir) / "metrics.csv")
+
+
+def _packed_and_alone(compose_config, *overrides):
+    cfgs = [compose_config(*TINY, *overrides, f"seed={s}") for s in SEEDS]
+    packed = run_seeds(cfgs)
+    alone_cfgs = [compose_config(*TINY, *overrides, f"seed={s}", "sweep=alone") for s in SEEDS]
+    alone = [run(cfg) for cfg in alone_cfgs]
+    return packed, alone
+
+
+@pytest.mark.parametrize("mode", ["batch", "renorm", "online", "group"])
+def test_packed_runs_record_what_their_unpacked_runs_record(compose_config, mode):
+    """Same run ids, statuses and logged numbers to float tolerance (summation order
+    differs), one record per seed."""
+    packed, alone = _packed_and_alone(compose_config, *_mode(mode))
+    for p, a in zip(packed, alone, strict=True):
+        assert p["run_id"] == a["run_id"] and p["status"] == a["status"] == "completed"
+        ours, theirs = _metrics(p["run_dir"]), _metrics(a["run_dir"])
+        assert list(ours.columns) == list(theirs.columns)
+        numbers = [c for c in theirs.columns if not c.endswith("_seconds")]
+        pd.testing.assert_frame_equal(ours[numbers], theirs[numbers], rtol=1e-4, atol=1e-5)
+
+
+def test_lr_factors_pack_with_each_seeds_own_learning_rate(compose_config):
+    """The selection stage packs factors: each run steps with its own learning rate (AdamW
+    with weight decay and clipping: every term of the step scales with it)."""
+    extra = ["optim=adamw", "optim.weight_decay=0.1", "optim.grad_clip=0.5"]
+    cfgs = [compose_config(*TINY, *extra, f"optim.lr_factor={f}") for f in (0.5, 1.0, 2.0)]
+    packed = run_seeds(cfgs)
+    for factor, summary in zip((0.5, 1.0, 2.0), packed, strict=True):
+        alone = run(compose_config(*TINY, *extra, f"optim.lr_factor={factor}", "sweep=alone"))
+        assert summary["run_id"] == alone["run_id"]
+        ours, theirs = _metrics(summary["run_dir"]), _metrics(alone["run_dir"])
+        for column in ("loss", "lr", "param_norm", "grad_norm", "val_loss"):
+            torch.testing.assert_close(
+                torch.tensor(ours[column].values),
+                torch.tensor(theirs[column].values),
+                rtol=1e-4,
+                atol=1e-5,
+                equal_nan=True,
+            )
+
+
+def test_a_diverging_seed_stops_alone(compose_config):
+    """Seed 1 at a huge learning rate diverges and is recorded so at its own step; the other
+    two train on exactly as in a pack without it."""
+    huge = ["optim.lr=1e6", "steps=8"]
+    cfgs = [compose_config(*TINY, *huge, f"optim.lr_factor={f}") for f in (1e-6, 1.0, 2e-6)]
+    packed = run_seeds(cfgs)
+    assert [s["status"] for s in packed] == ["completed", "diverged", "completed"]
+    alone = run(compose_config(*TINY, *huge, "optim.lr_factor=1.0", "sweep=alone"))
+    for key in ("status", "steps", "divergence_step", "divergence_signal", "run_id"):
+        assert packed[1][key] == alone[key]
+    without = run_seeds(
+        [
+            compose_config(*TINY, *huge, f"optim.lr_factor={f}", "sweep=without")
+            for f in (1e-6, 2e-6)
+        ]
+    )
+    for ours, theirs in zip((packed[0], packed[2]), without, strict=True):
+        a, b = _metrics(ours["run_dir"]), _metrics(theirs["run_dir"])
+        numbers = [c for c in a.columns if not c.endswith("_seconds")]
+        pd.testing.assert_frame_equal(a[numbers], b[numbers], rtol=1e-6, atol=1e-7)
+        assert all(math.isfinite(v) for v in a["param_norm"])
+
+
+def test_resume_after_a_kill_resumes_every_seed(compose_config, monkeypatch):
+    """A pack killed after its first checkpoint resumes each seed from its own checkpoint and
+    ends with the numbers of a pack never stopped."""
+    from normlab import packed_trainer
+
+    cfgs = [compose_config(*TINY, f"seed={s}") for s in SEEDS]
+    original = packed_trainer.PackedTrainer._iteration
+
+    def killed_after_step_four(self):
+        original(self)
+        if self.step == 4:
+            raise KeyboardInterrupt  # as kill -9 would, after the checkpoint of step 4
+
+    monkeypatch.setattr(packed_trainer.PackedTrainer, "_iteration", killed_after_step_four)
+    with pytest.raises(KeyboardInterrupt):
+        run_seeds(cfgs)
+    monkeypatch.setattr(packed_trainer.PackedTrainer, "_iteration", original)
+    for cfg in cfgs:
+        assert (run_directory(validate(cfg)) / CHECKPOINT_FILE).exists()
+    resumed = run_seeds(cfgs)
+    whole = run_seeds([compose_config(*TINY, f"seed={s}", "sweep=whole") for s in SEEDS])
+    for ours, theirs in zip(resumed, whole, strict=True):
+        assert ours["status"] == "completed" and ours["resumed_from_step"] == 4
+        a, b = _metrics(ours["run_dir"]), _metrics(theirs["run_dir"])
+        numbers = [c for c in a.columns if not c.endswith("_seconds")]
+        pd.testing.assert_frame_equal(a[numbers], b[numbers], rtol=1e-6, atol=1e-7)
+
+
+def test_pack_is_left_out_of_the_run_id(compose_config):
+    packed = validate(compose_config("pack=true"))
+    alone = validate(compose_config("pack=false"))
+    assert run_directory(packed) == run_directory(alone)
+    assert pack_key(compose_config("pack=false")) == (None, None)
+    one, two = pack_key(compose_config("seed=1")), pack_key(compose_config("seed=2"))
+    assert one == two and one[0] is not None
+    assert pack_key(compose_config("batch_size=8"))[0] != one[0]
+
+
+def test_a_sweep_packs_a_cells_seeds_and_counts_each_as_a_run(cli):
+    result = cli("-m", "norm=batch", "seed=0,1,2", "batch_size=4,8", *SWEPT)
+    assert result.code == 0, result.err
+    summaries = [json.loads((d / "summary.json").read_text()) for d in result.run_dirs()]
+    assert len(summaries) == 6 and {s["packed_runs"] for s in summaries} == {3}
+    assert all(s["status"] == "completed" for s in summaries)
+    assert result.err.count("completed, 6 steps") == 6 and "6/6 runs (6 completed)" in result.err
+    again = cli("-m", "norm=batch", "seed=0,1,2", "batch_size=4,8", *SWEPT, "pack=false")
+    assert "6/6 runs (6 skipped)" in again.err, "pack=false: the same run ids"
+
+
+def test_an_outside_mode_trains_its_seeds_one_per_process_and_says_so_once(cli, monkeypatch):
+    example = Path(__file__).parent / "example_mode"
+    monkeypatch.syspath_prepend(str(example))
+    search = f"hydra.searchpath=[file://{example / 'conf'}]"
+    result = cli(search, "-m", "norm=evonorm_b0", "seed=0,1", "batch_size=4,8", *SWEPT)
+    assert result.code == 0, result.err
+    assert result.err.count("one per process") == 1
+    summaries = [json.loads((d / "summary.json").read_text()) for d in result.run_dirs()]
+    assert len(summaries) == 4 and all("packed_runs" not in s for s in summaries)
