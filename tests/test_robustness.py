@@ -276,17 +276,21 @@ def test_wandb_that_cannot_start_never_costs_the_run(cli, monkeypatch):
     assert len(pd.read_csv(result.run_dirs()[0] / "metrics.csv")) == 3
 
 
-def test_exceptions_inside_training_are_recorded_as_failed(cli, monkeypatch):
-    from normlab import trainer
+@pytest.mark.parametrize("pack", [True, False])
+def test_exceptions_inside_training_are_recorded_as_failed(cli, monkeypatch, pack):
+    from normlab import packed_trainer, trainer
 
-    def explode(self):
-        if self.step == 3:
-            raise RuntimeError("simulated fault")
-        return original(self)
+    def exploding(original):
+        def explode(self):
+            if self.step == 3:
+                raise RuntimeError("simulated fault")
+            return original(self)
 
-    original = trainer.Trainer._train_step
-    monkeypatch.setattr(trainer.Trainer, "_train_step", explode)
-    result = cli("-m", "seed=0,1", "steps=8", "eval_every=4", "sweep=faulty")
+        return explode
+
+    for cls in (trainer.Trainer, packed_trainer.PackedTrainer):
+        monkeypatch.setattr(cls, "_train_step", exploding(cls._train_step))
+    result = cli("-m", "seed=0,1", "steps=8", "eval_every=4", "sweep=faulty", f"pack={pack}")
     assert result.code == 0, "a failing run never stops the sweep"
     summaries = [json.loads((d / "summary.json").read_text()) for d in result.run_dirs()]
     assert [s["status"] for s in summaries] == ["failed", "failed"]

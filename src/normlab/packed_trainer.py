@@ -15,6 +15,7 @@ its row and record are written at that step, and its slice is restored after eve
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -104,11 +105,21 @@ class PackedTrainer:
                     signals.dispatch()
                 if self.stop_signal:
                     self.save_checkpoint()
+        except BaseException:
+            self._sync_after_failure()
+            raise
         finally:
             self.progress.close()
         for index, trainer in self._running():
             trainer.stop_signal = self.stop_signal
             self._end(index)
+
+    def _sync_after_failure(self) -> None:
+        """What each running seed had done when the pack failed, into its own trainer, for
+        its failed record (as far as the pack's state can still be read)."""
+        for index, _ in self._running():
+            with contextlib.suppress(Exception):
+                self._sync(index)
 
     def _running(self) -> list[tuple[int, Trainer]]:
         return [(i, t) for i, t in enumerate(self.trainers) if self.active[i]]
