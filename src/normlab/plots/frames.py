@@ -604,9 +604,19 @@ def ablation_runs(runs: pd.DataFrame) -> pd.DataFrame:
         _variant_text({names[c]: value for c, value in zip(options, row, strict=True)})
         for row in used[options].itertuples(index=False, name=None)
     ]
-    rows = [" ".join(filter(None, p)) for p in zip(used["mode"], variants, strict=True)]
+    rows = [
+        _row_text(label, variant) for label, variant in zip(used["mode"], variants, strict=True)
+    ]
     used = used.assign(row=rows)
     return with_panel(used, exclude=[*options, "statistics_sub_batch"])
+
+
+def _row_text(label: str, variant: str) -> str:
+    """The label, then the model options it does not already name ("mabn + centred weights"
+    names ``centred_weights``)."""
+    if variant and variant.replace("_", " ") in label.replace("_", " "):
+        return label
+    return " ".join(filter(None, (label, variant)))
 
 
 def ablation_frame(runs: pd.DataFrame) -> pd.DataFrame:
