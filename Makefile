@@ -7,7 +7,9 @@ JOBS ?= 2
 QUICK ?= seed_question_quick
 LOCAL ?= results/local
 STUDY ?= seed_question_mlp
-STUDIES ?= seed_question_mlp seed_question_cnn1d seed_question_mnist_mlp seed_question_mnist_cnn renorm_non_iid_mlp renorm_non_iid_cnn1d
+STUDIES ?= seed_question_mlp seed_question_cnn1d seed_question_mnist_mlp seed_question_mnist_cnn renorm_non_iid_mlp renorm_non_iid_cnn1d switch_point_mlp mabn_mlp mabn_ghost_mlp
+# the sweeps those studies write (mabn_ghost_mlp adds cells to mabn_mlp's), and the plain sweeps
+SWEEPS ?= $(filter-out mabn_ghost_%,$(STUDIES)) blowup
 # MNIST-5k and the other real-image data sets are looked for here (data=mnist_5k ...)
 export NORMLAB_DATA ?= $(abspath ../shared/data)
 
@@ -55,7 +57,7 @@ overview: $(STAMP)
 
 # The verdicts over the committed studies (not the quick default, which is not converged).
 claims: $(STAMP)
-	$(VENV)/bin/normlab-claims $(addprefix results/runs/,$(STUDIES) blowup) --out results/claims.md
+	$(VENV)/bin/normlab-claims $(addprefix results/runs/,$(SWEEPS)) --out results/claims.md
 
 # Two pytest workers (pytest-xdist), one per core: most of the suite's time is in the runs its
 # end-to-end tests start, which are single-threaded Python.
