@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from normlab.data import Dataset, load_dataset
 from normlab.packed_trainer import PackedTrainer
 from normlab.progress import RunProgress
 from normlab.records import RunRecord
-from normlab.train import CONF_DIR, build_run_model, seed_everything
+from normlab.train import CONF_DIR, build_run_model, device_name, seed_everything
 from normlab.trainer import Trainer
 
 MODELS = ("mlp", "cnn1d")
@@ -135,12 +134,6 @@ def run_workers(args, model: str, batch: int, shares: list[tuple[str, list[int],
             raise SystemExit(f"a worker failed ({process.returncode})")
         seconds.append(json.loads(out.strip().splitlines()[-1])["seconds"])
     return max(seconds)
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

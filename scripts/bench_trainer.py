@@ -20,7 +20,6 @@ each and the median of the per-block ratios, after a warm-up.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -38,7 +37,7 @@ from normlab.config.validation import validate
 from normlab.data import Dataset, load_dataset, make_sampler
 from normlab.progress import RunProgress
 from normlab.records import RunRecord
-from normlab.train import CONF_DIR, build_run_model, seed_everything
+from normlab.train import CONF_DIR, build_run_model, device_name, seed_everything
 from normlab.trainer import Trainer
 
 BATCH_SIZES = (1, 32)
@@ -133,12 +132,6 @@ def time_blocks(
             if block >= warmup:
                 times[runner.label].append(time.perf_counter() - start)
     return times
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

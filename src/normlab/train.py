@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import platform
 import random
 import shutil
 import socket
@@ -46,7 +45,7 @@ from normlab.norms import kernels
 from normlab.packed_trainer import PackedTrainer
 from normlab.packing import unpackable_reason
 from normlab.progress import finished_line
-from normlab.provenance import provenance
+from normlab.provenance import cpu_model, provenance
 from normlab.records import (
     CHECKPOINT_FILE,
     FINISHED,
@@ -415,7 +414,7 @@ def _identity(
         "batch_size": config.batch_size,
         "seed": config.seed,
         "device": str(device),
-        "device_name": _device_name(device),
+        "device_name": device_name(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         # moving_average and renorm steps: the compiled CPU op or the pure-PyTorch layers
@@ -429,10 +428,11 @@ def _identity(
     }
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
+def device_name(device: torch.device | str) -> str:
+    """The GPU's name for a CUDA device, else the CPU model (benchmarks print it too)."""
+    if torch.device(device).type == "cuda":
         return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
+    return cpu_model()
 
 
 def _now() -> str:
