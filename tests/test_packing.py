@@ -31,17 +31,26 @@ def _mode(mode: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("mode", "model"), [*((mode, "cnn1d") for mode in MODES), ("batch", "mlp")]
+    ("mode", "model", "centred"),
+    [
+        *((mode, "cnn1d", False) for mode in MODES),
+        ("batch", "mlp", False),
+        ("mabn", "cnn1d", True),
+        ("batch", "mlp", True),
+    ],
 )
-def test_a_packed_step_is_each_seeds_own_step(mode, model):
+def test_a_packed_step_is_each_seeds_own_step(mode, model, centred):
     """Forward, gradients and buffers of a packed model equal each seed's unpacked model (the
-    reference: the seeds' own models, stepped one by one with torch.nn.functional)."""
+    reference: the seeds' own models, stepped one by one with torch.nn.functional), also with
+    centred weights (a parametrization the packed layers carry over)."""
     options = {"mode": mode, **({"groups": 4} if mode == "group" else {})}
     choice = registry.choose(options)
     models = []
     for seed in SEEDS:
         torch.manual_seed(seed)
-        models.append(build_model(model, (1, 40), 10, choice.build, depth=2, width=8))
+        models.append(
+            build_model(model, (1, 40), 10, choice.build, depth=2, width=8, centred_weights=centred)
+        )
     pack = Pack(pack_model(models, choice.build), models)
     for seed in SEEDS:
         pack.load_seed(seed)

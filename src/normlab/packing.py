@@ -123,7 +123,9 @@ def _wide_layer(layer: nn.Module, seeds: int, norm: NormFactory) -> nn.Module | 
     if isinstance(layer, nn.Linear):
         return PackedLinear(seeds, layer.in_features, layer.out_features, layer.bias is not None)
     if isinstance(layer, nn.Conv1d | nn.Conv2d):
-        return type(layer)(
+        # the plain class: a parametrized layer's type is a subclass made for that one instance
+        conv = nn.Conv1d if isinstance(layer, nn.Conv1d) else nn.Conv2d
+        return conv(
             seeds * layer.in_channels,
             seeds * layer.out_channels,
             layer.kernel_size,
