@@ -21,6 +21,7 @@ ratio; steps and eval_every lie past the timed steps, so no evaluation falls ins
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -30,16 +31,14 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from bench_trainer import compose_run
 
 from normlab.config.schema import RunConfig
-from normlab.config.validation import validate
 from normlab.data import Dataset, load_dataset
 from normlab.packed_trainer import PackedTrainer
 from normlab.progress import RunProgress
 from normlab.records import RunRecord
-from normlab.train import CONF_DIR, build_run_model, device_name, seed_everything
+from normlab.train import build_run_model, device_name, seed_everything
 from normlab.trainer import Trainer
 
 MODELS = ("mlp", "cnn1d")
@@ -49,26 +48,12 @@ TARGET = 3.0  # at batch sizes <= 16
 # registered (3 x 32)
 
 
-def compose_run(model: str, batch_size: int, seed: int, steps: int, args) -> RunConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                f"model={model}",
-                *(["model.depth=3", "model.width=128"] if model == "mlp" else []),
-                f"batch_size={batch_size}",
-                f"seed={seed}",
-                f"steps={steps}",
-                f"eval_every={steps}",
-                f"device={args.device}",
-                f"paths.cache={args.cache}",
-                "progress=off",
-                "sweep=bench",
-            ],
-        )
-    GlobalHydra.instance().clear()
-    return validate(cfg)
+def seed_configs(model: str, batch_size: int, steps: int, args) -> list[RunConfig]:
+    """The run of every seed of one cell: composed once (Hydra's compose is slow enough to
+    matter at 64 seeds), then given each seed."""
+    shape = ["model.depth=3", "model.width=128"] if model == "mlp" else []
+    config = compose_run(batch_size, steps, args.device, args.cache, f"model={model}", *shape)
+    return [dataclasses.replace(config, seed=seed) for seed in args.seeds_of_worker]
 
 
 def trainer_for(config: RunConfig, data: Dataset, record_dir: Path) -> Trainer:
@@ -97,10 +82,10 @@ def worker(args) -> None:
     """One process's share: its seeds packed, or one after another; prints its seconds."""
     torch.set_num_threads(args.threads)
     data = load_dataset("mnist1d", cache_dir=args.cache, device=args.device)
-    seeds = [int(s) for s in args.worker_seeds.split(",")]
+    args.seeds_of_worker = [int(s) for s in args.worker_seeds.split(",")]
     run_steps = args.warmup + args.steps + 1
     with tempfile.TemporaryDirectory() as tmp:  # records are never opened: nothing is written
-        configs = [compose_run(args.model, args.batch, s, run_steps, args) for s in seeds]
+        configs = seed_configs(args.model, args.batch, run_steps, args)
         trainers = [trainer_for(c, data, Path(tmp)) for c in configs]
         if args.worker == "packed":
             packed = PackedTrainer(trainers, configs[0].norm.build, lambda i, s: None)
@@ -168,6 +153,7 @@ def main() -> None:
             )
             total = args.seeds * args.steps
             rows.append((model, batch, total / alone, total / packed, alone / packed))
+            print(f"{model} at batch {batch}: {alone / packed:.2f}x", file=sys.stderr, flush=True)
 
     print(
         f"device: {args.device} ({device_name(args.device)}), torch {torch.__version__}, "

@@ -50,9 +50,9 @@ class Runner:
     steps: Callable[[int], None]  # run n training steps
 
 
-def compose_run(batch_size: int, steps: int, device: str, cache: str) -> RunConfig:
-    """The default ``normlab-train`` config (norm=batch, model=cnn1d, data=mnist1d, optim=sgd),
-    lasting ``steps`` steps with its only evaluation after the last one."""
+def compose_run(batch_size: int, steps: int, device: str, cache: str, *overrides: str) -> RunConfig:
+    """The default ``normlab-train`` config (norm=batch, model=cnn1d, data=mnist1d, optim=sgd)
+    with ``overrides``, lasting ``steps`` steps with its only evaluation after the last one."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(
@@ -65,6 +65,7 @@ def compose_run(batch_size: int, steps: int, device: str, cache: str) -> RunConf
                 f"paths.cache={cache}",
                 "progress=off",
                 "sweep=bench",
+                *overrides,
             ],
         )
     GlobalHydra.instance().clear()

@@ -142,17 +142,20 @@ def layer_worker(rank: int, store: str) -> None:
 
 
 def cuda_worker(rank: int, store: str) -> None:
-    """``batch`` with synchronized statistics against ``torch.nn.SyncBatchNorm`` (NCCL)."""
-    torch.cuda.set_device(rank)
+    """``batch`` with synchronized statistics against ``torch.nn.SyncBatchNorm``: NCCL with a
+    device per rank where there are two, else gloo with both ranks on the one device (NCCL
+    refuses two ranks on one device)."""
+    shared = torch.cuda.device_count() < 2
+    device = torch.device("cuda", 0 if shared else rank)
+    torch.cuda.set_device(device)
     dist.init_process_group(
-        "nccl",
+        "gloo" if shared else "nccl",
         store=dist.FileStore(store, 2),
         rank=rank,
         world_size=2,
         timeout=timedelta(seconds=60),
     )
     try:
-        device = torch.device("cuda", rank)
         x = torch.randn(12, 4, 5, generator=torch.Generator().manual_seed(3)).to(device)
         mine = x[6 * rank : 6 * rank + 6]
         ours = randomize_affine(BatchNorm(4), 2).to(device)

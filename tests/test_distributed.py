@@ -22,6 +22,7 @@ from test_outside_mode import EXAMPLE, SEARCH
 
 from normlab import distributed
 from normlab.config.identity import run_id
+from normlab.config.schema import DistributedConfig
 from normlab.config.validation import validate
 from normlab.errors import ConfigError
 from normlab.norms.sync import combine
@@ -53,9 +54,21 @@ def test_shard_gives_each_rank_its_contiguous_slice_of_the_global_batch():
     assert [s.tolist() for s in slices] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
 
 
+def test_nccl_only_where_every_cuda_rank_has_a_device_of_its_own(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
+    auto, cuda = DistributedConfig(), torch.device("cuda")
+    assert distributed.backend(auto, torch.device("cpu"), distributed.Rank(0, 2, 0, 2)) == "gloo"
+    assert distributed.backend(auto, cuda, distributed.Rank(1, 4, 1, 2)) == "nccl"
+    assert distributed.backend(auto, cuda, distributed.Rank(2, 4, 2, 4)) == "gloo"
+    assert distributed.rank_device(cuda, distributed.Rank(3, 4, 3, 4)) == torch.device("cuda", 1)
+
+
 def test_slurm_tasks_are_ranks_and_one_task_is_none():
     env = {"SLURM_NTASKS": "4", "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "77"}
-    assert distributed.slurm_rank(env) == distributed.Rank(3, 4, 1)
+    assert distributed.slurm_rank(env) == distributed.Rank(3, 4, 1, 4)
+    uneven = {**env, "SLURM_NTASKS": "7", "SLURM_TASKS_PER_NODE": "2(x3),1"}
+    assert distributed.slurm_rank(uneven) == distributed.Rank(3, 7, 1, 2)
     assert distributed.slurm_rank({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}) is None
     assert distributed.slurm_rank({}) is None
     assert distributed.slurm_tag(env) == "slurm-77-0-0"
@@ -109,7 +122,7 @@ def test_synchronized_layers_are_one_process_on_the_concatenated_batch(tmp_path)
     )
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_synchronized_batch_equals_torch_sync_batch_norm_on_cuda(tmp_path):
     mp.start_processes(cuda_worker, args=(str(tmp_path / "store"),), nprocs=2, start_method="spawn")
 
@@ -130,8 +143,14 @@ COMPARED = ["loss", "param_norm", "grad_norm", "val_loss", "val_acc_eval"]
 
 
 @pytest.mark.slow
-def test_a_synchronized_run_trains_as_one_process_at_the_global_batch(cli):
-    result = cli("-m", "distributed.world_size=1,2", "norm.sync=true", *RUN)
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                          reason="needs a CUDA device"))],
+)  # fmt: skip
+def test_a_synchronized_run_trains_as_one_process_at_the_global_batch(cli, device):
+    """Also on CUDA, where two ranks share one device through gloo when there is one."""
+    result = cli("-m", "distributed.world_size=1,2", "norm.sync=true", f"device={device}", *RUN)
     assert result.code == 0, result.err
     one, two = _metrics(result, 1), _metrics(result, 2)
     assert len(one) == len(two) == 3

@@ -30,19 +30,25 @@ def _mode(mode: str) -> list[str]:
     return [f"norm={mode}"] + (["norm.groups=4"] if mode == "group" else [])
 
 
+ON_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
 @pytest.mark.parametrize(
-    ("mode", "model", "centred"),
+    ("mode", "model", "centred", "device"),
     [
-        *((mode, "cnn1d", False) for mode in MODES),
-        ("batch", "mlp", False),
-        ("mabn", "cnn1d", True),
-        ("batch", "mlp", True),
+        *((mode, "cnn1d", False, "cpu") for mode in MODES),
+        ("batch", "mlp", False, "cpu"),
+        ("mabn", "cnn1d", True, "cpu"),
+        ("batch", "mlp", True, "cpu"),
+        *(pytest.param(m, "cnn1d", False, "cuda", marks=ON_CUDA) for m in MODES),
+        pytest.param("batch", "mlp", True, "cuda", marks=ON_CUDA),
     ],
 )
-def test_a_packed_step_is_each_seeds_own_step(mode, model, centred):
+def test_a_packed_step_is_each_seeds_own_step(mode, model, centred, device, monkeypatch):
     """Forward, gradients and buffers of a packed model equal each seed's unpacked model (the
     reference: the seeds' own models, stepped one by one with torch.nn.functional), also with
-    centred weights (a parametrization the packed layers carry over)."""
+    centred weights (a parametrization the packed layers carry over), and on CUDA."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # full fp32 on both sides
     options = {"mode": mode, **({"groups": 4} if mode == "group" else {})}
     choice = registry.choose(options)
     models = []
@@ -51,11 +57,15 @@ def test_a_packed_step_is_each_seeds_own_step(mode, model, centred):
         models.append(
             build_model(model, (1, 40), 10, choice.build, depth=2, width=8, centred_weights=centred)
         )
-    pack = Pack(pack_model(models, choice.build), models)
+    models = [m.to(device) for m in models]
+    pack = Pack(pack_model(models, choice.build).to(device), models)
     for seed in SEEDS:
         pack.load_seed(seed)
-    x = [torch.randn(4, 1, 40, generator=torch.Generator().manual_seed(9 + s)) for s in SEEDS]
-    y = [torch.tensor([s, 3, 5, 7]) for s in SEEDS]
+    x = [
+        torch.randn(4, 1, 40, generator=torch.Generator().manual_seed(9 + s)).to(device)
+        for s in SEEDS
+    ]
+    y = [torch.tensor([s, 3, 5, 7], device=device) for s in SEEDS]
     packed_x = torch.stack(x).transpose(0, 1).reshape(4, len(SEEDS), 40)
     for _ in range(2):
         logits = pack.model(packed_x).view(4, len(SEEDS), 10)

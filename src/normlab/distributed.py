@@ -64,6 +64,7 @@ class Rank:
     rank: int
     world_size: int
     local_rank: int = 0
+    local_world_size: int = 1  # ranks on this machine
 
     @property
     def leads(self) -> bool:
@@ -76,7 +77,16 @@ def slurm_rank(environ: dict[str, str] | None = None) -> Rank | None:
     tasks = int(env.get("SLURM_NTASKS", "1") or 1)
     if tasks <= 1 or "SLURM_PROCID" not in env:
         return None
-    return Rank(int(env["SLURM_PROCID"]), tasks, int(env.get("SLURM_LOCALID", "0") or 0))
+    local = int(env.get("SLURM_LOCALID", "0") or 0)
+    return Rank(int(env["SLURM_PROCID"]), tasks, local, _most_tasks_per_node(env, tasks))
+
+
+def _most_tasks_per_node(env: dict[str, str], tasks: int) -> int:
+    """The largest count in SLURM_TASKS_PER_NODE ("2(x3),1": 2 tasks on each of 3 nodes, then 1),
+    the same in every task of the step."""
+    counts = [int(item.split("(")[0]) for item in env.get("SLURM_TASKS_PER_NODE", "").split(",")
+              if item.split("(")[0].isdigit()]  # fmt: skip
+    return max(counts, default=tasks)
 
 
 def slurm_tag(environ: dict[str, str] | None = None) -> str:
@@ -99,18 +109,23 @@ def fresh_rendezvous(run_dir: Path) -> Path:
     return path
 
 
-def backend(spec: DistributedConfig, device: torch.device) -> str:
+def backend(spec: DistributedConfig, device: torch.device, rank: Rank) -> str:
+    """NCCL where every CUDA rank has a device of its own; gloo on CPU and where CUDA ranks
+    share devices (NCCL refuses two ranks on one device)."""
     if spec.backend != "auto":
         return spec.backend
-    return "nccl" if device.type == "cuda" else "gloo"
+    own_device = device.type == "cuda" and rank.local_world_size <= torch.cuda.device_count()
+    return "nccl" if own_device else "gloo"
 
 
 def rank_device(device: torch.device, rank: Rank) -> torch.device:
-    """A CUDA rank's own device (``cuda:<local rank>``); a CPU rank's is the CPU."""
+    """A CUDA rank's device (``cuda:<local rank>``, shared round-robin when the machine has
+    fewer devices than ranks); a CPU rank's is the CPU."""
     if device.type != "cuda":
         return device
-    torch.cuda.set_device(rank.local_rank)
-    return torch.device("cuda", rank.local_rank)
+    index = rank.local_rank % torch.cuda.device_count()
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def init_process_group(
@@ -119,7 +134,7 @@ def init_process_group(
     store_file.parent.mkdir(parents=True, exist_ok=True)
     store = dist.FileStore(str(store_file), rank.world_size)
     dist.init_process_group(
-        backend(spec, device),
+        backend(spec, device, rank),
         store=store,
         rank=rank.rank,
         world_size=rank.world_size,

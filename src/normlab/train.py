@@ -104,7 +104,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise InputError(str(error)) from None
     if slurm is not None and not slurm.leads:  # rank 0's task holds the lock and the record
         store = distributed.rendezvous_file(run_dir, distributed.slurm_tag())
-        return _train_rank(slurm.rank, config, run_dir, store, slurm.local_rank)
+        return _train_rank(slurm.rank, config, run_dir, store, slurm)
     lock = RunLock(run_dir)
     if not lock.acquire():
         print(f"normlab-train: {run_dir} is being run by {lock.holder()}; skipped", file=sys.stderr)
@@ -112,7 +112,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         if slurm is not None:
             store = distributed.rendezvous_file(run_dir, distributed.slurm_tag())
-            return _train_rank(0, config, run_dir, store, slurm.local_rank)
+            return _train_rank(0, config, run_dir, store, slurm)
         if config.distributed.world_size > 1:
             return _spawn_ranks(config, run_dir)
         return _run_locked(config, data, model, run_dir)
@@ -152,12 +152,12 @@ def _spawn_ranks(config: RunConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def _train_rank(
-    index: int, config: RunConfig, run_dir: Path, store: Path, local_rank: int | None = None
+    index: int, config: RunConfig, run_dir: Path, store: Path, slurm: distributed.Rank | None = None
 ) -> dict[str, Any]:
-    """One rank of a data-parallel run: its own data, model (seeded alike) and trainer; rank 0
-    records the run."""
-    local = index if local_rank is None else local_rank
-    rank = distributed.Rank(index, config.distributed.world_size, local)
+    """One rank of a data-parallel run (spawned here, or the SLURM task ``slurm``): its own data,
+    model (seeded alike) and trainer; rank 0 records the run."""
+    world = config.distributed.world_size
+    rank = slurm or distributed.Rank(index, world, index, world)
     distributed.quiet_unless_leading(rank)
     device = distributed.rank_device(resolve_device(config.device), rank)
     distributed.init_process_group(rank, store, config.distributed, device)
