@@ -545,7 +545,10 @@ def test_seed_proposal_compares_the_ramp_with_batch_at_constant_momentum(tmp_pat
     −0.01, p < 0.001 even doubled by Holm): holds. Batch 1: the ramp runs all diverged (chance
     0.1) against 0.30 … 0.33: −0.215 [−0.2355, −0.1945]: does not hold. The claim is mixed.
     The constant-momentum moving_average runs (far worse) and batch under the ramp (far better)
-    are not what it compares; the seed question compares each schedule with its own."""
+    are not what it compares; the seed question compares each schedule with its own. Batch 2:
+    batch itself did not train (0.09, 0.134, 0.098, 0.085: mean 0.10175, within 1 pp of chance
+    0.1), so "as well as batch" is not testable there; at batch 8 its mean 0.1125 is above
+    chance + 1 pp, so the diverged ramp runs (0.1) are compared: −0.0125 [−0.0228, −0.0022]."""
     batch = [0.60, 0.62, 0.64, 0.66]
     schedule_runs(tmp_path, "prop", "batch", 4, batch, "constant")
     schedule_runs(tmp_path, "prop", "moving_average", 4, [0.598, 0.619, 0.640, 0.658], "linear")
@@ -553,10 +556,17 @@ def test_seed_proposal_compares_the_ramp_with_batch_at_constant_momentum(tmp_pat
     schedule_runs(tmp_path, "prop", "batch", 4, [0.90, 0.91, 0.92, 0.93], "linear")
     schedule_runs(tmp_path, "prop", "batch", 1, [0.30, 0.31, 0.32, 0.33], "constant")
     schedule_runs(tmp_path, "prop", "moving_average", 1, [0.5] * 4, "linear", diverged=True)
+    schedule_runs(tmp_path, "prop", "batch", 2, [0.09, 0.134, 0.098, 0.085], "constant")
+    schedule_runs(tmp_path, "prop", "moving_average", 2, [0.5] * 4, "linear", diverged=True)
+    schedule_runs(tmp_path, "prop", "batch", 8, [0.105, 0.11, 0.115, 0.12], "constant")
+    schedule_runs(tmp_path, "prop", "moving_average", 8, [0.5] * 4, "linear", diverged=True)
     results = {r.claim.key: r for r in claims.evaluate(load_runs(tmp_path))}
     proposal = results["seed_proposal"]
     small = {f.batch_size: f for f in proposal.findings}
-    assert set(small) == {1, 4} and small[4].setting == "batch 4"
+    assert set(small) == {1, 2, 4, 8} and small[4].setting == "batch 4"
+    assert small[2].verdict == "not testable" and not small[2].effect.defined
+    # diffs −0.005, −0.01, −0.015, −0.02: s = 0.0064550, half-width 3.182 · s / 2 = 0.010270
+    assert bounds(small[8]) == pytest.approx((-0.0125, -0.02277, -0.00223), abs=1e-4)
     assert bounds(small[4]) == pytest.approx((-0.00125, -0.0027733, 0.0002733), abs=1e-6)
     assert small[4].verdict == "holds"
     # diffs −0.20, −0.21, −0.22, −0.23: s = 0.012910, half-width 3.182 · s / 2 = 0.02054

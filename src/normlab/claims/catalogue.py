@@ -56,6 +56,11 @@ class Claim:
     ``schedules`` (``paired`` only): the momentum schedule (``config.momentum.kind``) each
     label's runs must have, in the order of ``labels``; then the schedule is what is compared,
     no longer a key that splits settings.
+
+    ``reference_trains`` (``paired`` only): a claim that the first label trains *as well as* the
+    second says nothing where the second did not train, so a setting in which the runs of
+    ``labels[1]`` end on average less than :data:`ACCURACY_MARGIN` above chance (or below it)
+    is *not testable*.
     """
 
     key: str
@@ -73,6 +78,7 @@ class Claim:
     scale: float = 100.0
     unit: str = "pp"
     schedules: tuple[str, ...] = ()
+    reference_trains: bool = False
 
 
 BN = "Ioffe & Szegedy 2015 (arXiv 1502.03167)"
@@ -260,6 +266,7 @@ CLAIMS: tuple[Claim, ...] = (
         "runs labelled moving_average under momentum=ramp and batch under constant momentum in "
         "one study, model and data set",
         schedules=(RAMP, CONSTANT),
+        reference_trains=True,
     ),
     Claim(
         "mabn_small_batch",

@@ -12,6 +12,7 @@ validation split.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -20,9 +21,9 @@ import numpy as np
 import pandas as pd
 
 from normlab import stats
-from normlab.claims.catalogue import Claim, Where
+from normlab.claims.catalogue import ACCURACY_MARGIN, Claim, Where
 from normlab.claims.rules import PValue
-from normlab.grouping import column_of, fmt, prepare_runs
+from normlab.grouping import chance, column_of, fmt, prepare_runs
 from normlab.grouping import scored_accuracy as accuracy
 from normlab.records import SETTING_KEYS
 from normlab.results import load_metrics, load_traces
@@ -225,6 +226,9 @@ def paired(claim: Claim, evidence: Evidence) -> list[Comparison]:
             continue
         a, b = (group.loc[group["mode"] == m] for m in (first, second))
         detail = f"{_diverged(group, first)}, {_diverged(group, second)} (at chance)"
+        if claim.reference_trains and not _trained(b, claim.metric):
+            comparisons.append(_untrained_reference(study, setting, size, second))
+            continue
         comparisons.append(
             _paired_comparison(
                 study,
@@ -236,6 +240,18 @@ def paired(claim: Claim, evidence: Evidence) -> list[Comparison]:
             )
         )
     return comparisons
+
+
+def _trained(runs: pd.DataFrame, metric: str) -> bool:
+    """Whether the runs end on average more than the accuracy margin above chance accuracy."""
+    return bool((accuracy(runs, metric) - chance(runs)).mean() > ACCURACY_MARGIN)
+
+
+def _untrained_reference(study: str, setting: str, size: int | None, label: str) -> Comparison:
+    nothing = stats.Interval(math.nan, math.nan, math.nan, 0, stats.current_method())
+    detail = f"{label} did not train (on average within 1 pp of chance): nothing to compare"
+    empty = np.array([], dtype=float)
+    return Comparison(study, setting, nothing, detail, size, None, empty, empty)
 
 
 def rates(claim: Claim, evidence: Evidence) -> list[Comparison]:
