@@ -249,12 +249,17 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
+# libyaml's safe loader where PyYAML was built with it: reading a study's configs is most of the
+# time of loading its records with the pure-Python one
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def read_config(run_dir: Path) -> dict[str, Any]:
     """The run's ``config.yaml`` as a nested dict; empty when it is missing."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.exists():
         return {}
-    return yaml.safe_load(path.read_text()) or {}
+    return yaml.load(path.read_text(), Loader=SAFE_LOADER) or {}
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
