@@ -14,7 +14,7 @@ import yaml
 from conftest import wandb_records
 from test_sweeps import TINY
 
-from normlab.norms import registry
+from normlab import labels
 from normlab.results import load_runs
 
 EXAMPLE = Path(__file__).parent / "example_mode"
@@ -106,8 +106,8 @@ def test_a_two_run_sweep_then_records_figures_and_a_palette_of_its_own(outside, 
     assert plot([str(result.results / "runs" / "mixed"), "--out", str(out)]) == 0
     assert (out / "accuracy_vs_step.png").exists()
     assert "evonorm_b0" in (out / "summary.md").read_text()
-    style = registry.palette(["batch", "evonorm_b0"])["evonorm_b0"]
-    built_in = registry.styles().values()
+    style = labels.palette(["batch", "evonorm_b0"])["evonorm_b0"]
+    built_in = labels.styles().values()
     assert style.color not in {s.color for s in built_in}
     assert style.marker not in {s.marker for s in built_in}
 

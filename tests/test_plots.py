@@ -11,6 +11,9 @@ from __future__ import annotations
 import ast
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 from statistics import mean, stdev
 
@@ -19,7 +22,7 @@ import pytest
 import yaml
 from records import RUNNING_STATS, migration_script, norm_node, write_record
 
-from normlab import plots
+from normlab import labels, plots
 from normlab.norms import registry
 from normlab.results import load_runs
 
@@ -939,17 +942,27 @@ def test_old_records_get_their_label_and_statistics_from_the_migration(tmp_path)
     assert used.loc["moving_average (grad through batch)", "statistics_batch_size"] == 32
 
 
-def test_palette_comes_from_the_registry_and_outside_labels_get_their_own():
+def test_palette_is_the_built_in_styles_and_outside_labels_get_their_own():
     styles = plots.palette(["batch", "batch (ghost)", "my_norm", "another"])
-    assert styles["batch"] == registry.styles()["batch"]
-    builtin = {(s.color, s.marker) for s in registry.styles().values()}
+    assert (styles["batch"].color, styles["batch"].marker) == ("#0072B2", "o")
+    assert styles["batch (ghost)"] == registry.get("batch").styles[1]
+    builtin = {(s.color, s.marker) for s in labels.styles().values()}
     extra = {(styles[k].color, styles[k].marker) for k in ("my_norm", "another")}
     assert len(extra) == 2 and not extra & builtin
 
 
+def test_the_figures_import_without_torch_or_hydra():
+    code = (
+        "import normlab.plots, normlab.plots.cli, sys; "
+        "assert not {'torch', 'hydra', 'omegaconf'} & set(sys.modules), 'torch or hydra imported'"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(plots.__file__).parents[2])}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
 def test_plot_code_names_no_mode():
     """Figures derive their labels from the runs: no mode name or label as a string literal."""
-    names = set(registry.names()) | set(registry.label_order())
+    names = set(registry.names()) | set(labels.label_order())
     package = Path(plots.__file__).parent
     for path in package.glob("*.py"):
         tree = ast.parse(path.read_text())

@@ -22,6 +22,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from normlab.config.schema import RunConfig
+from normlab.labels import centred_label
 from normlab.norms import registry
 from normlab.norms.base import RunningStatsNorm
 from normlab.records import MACHINE_KEYS, NOT_CELL_KEYS, RECORD_KEYS
@@ -148,7 +149,7 @@ def norm_record(run: RunConfig) -> dict[str, Any]:
     naming the centred weights where the model has them, so such runs are drawn apart."""
     fields = run.norm.record(run.batch_size)
     if run.model.centred_weights:
-        fields["norm_label"] = registry.centred_label(fields["norm_label"])
+        fields["norm_label"] = centred_label(fields["norm_label"])
     return fields
 
 

@@ -1,10 +1,11 @@
 """Normalization layers compared by normlab: one module per mode, each registering itself.
 
 ``build_norm(mode, num_features, **options)`` builds a registered mode's layer; the registry
-(:mod:`normlab.norms.registry`) is where the mode list, option checks, plot styles and tags
-come from. Every batch-dependent layer subclasses
-:class:`~normlab.norms.base.RunningStatsNorm` (affine, running statistics, scheduled
-attributes, diagnostics, precise-BN); the batch-independent baselines are plain modules.
+(:mod:`normlab.norms.registry`) is where the mode list, option checks, run labels and tags
+come from; the built-in modes' colours and markers are :mod:`normlab.labels`'. Every
+batch-dependent layer subclasses :class:`~normlab.norms.base.RunningStatsNorm` (affine, running
+statistics, scheduled attributes, diagnostics, precise-BN); the batch-independent baselines are
+plain modules.
 
 A new mode is one module here that defines its layer and options and calls
 :func:`~normlab.norms.registry.register` (imported below), plus ``conf/norm/NAME.yaml``; or, from
@@ -20,8 +21,8 @@ from __future__ import annotations
 
 from torch import nn
 
-# the built-in modes, each registered by importing its module, in the order that figures and
-# tables list them
+# the built-in modes, each registered by importing its module (figures and tables list their
+# labels in normlab.labels' order)
 from normlab.norms import batch
 
 # isort: split

@@ -11,7 +11,7 @@ from torch import nn
 from normlab.errors import ConfigError
 from normlab.norms.base import check_positive
 from normlab.norms.options import RunFacts, at_least, option, positive
-from normlab.norms.registry import Mode, Style, register
+from normlab.norms.registry import Mode, register
 
 
 class GroupNorm(nn.GroupNorm):
@@ -69,6 +69,6 @@ class NoOptions:
     pass
 
 
-GROUP = register(Mode("group", GroupNorm, GroupOptions, styles=(Style("group", "#E69F00", "P"),)))
-LAYER = register(Mode("layer", LayerNorm, LayerOptions, styles=(Style("layer", "#000000", "X"),)))
-NONE = register(Mode("none", Identity, NoOptions, styles=(Style("none", "#999999", "."),)))
+GROUP = register(Mode("group", GroupNorm, GroupOptions))
+LAYER = register(Mode("layer", LayerNorm, LayerOptions))
+NONE = register(Mode("none", Identity, NoOptions))

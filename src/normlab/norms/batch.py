@@ -11,7 +11,7 @@ from normlab.errors import ConfigError
 from normlab.norms import kernels, sync
 from normlab.norms.base import RunningStatsNorm
 from normlab.norms.options import RunFacts, at_least, option, optional, positive
-from normlab.norms.registry import Mode, Style, register
+from normlab.norms.registry import Mode, register
 from normlab.norms.stats import (
     batch_stats,
     channel_view,
@@ -158,7 +158,6 @@ MODE = register(
         name="batch",
         layer=BatchNorm,
         options=BatchOptions,
-        styles=(Style("batch", "#0072B2", "o"), Style("batch (ghost)", "#56B4E9", "v")),
         label=_label,
         tags=_tags,
         record=_record,

@@ -12,7 +12,7 @@ from torch import Tensor
 from normlab.norms import sync
 from normlab.norms.base import RunningStatsNorm
 from normlab.norms.options import at_least, option, positive
-from normlab.norms.registry import Mode, Style, centred_label, register
+from normlab.norms.registry import Mode, register
 from normlab.norms.stats import channel_view, reduction_dims, values_per_channel
 
 R_HOLD_STEPS = 1000  # r is 1 up to step max(R_HOLD_STEPS, warmup_iters), hard-coded as in MABN2d
@@ -222,8 +222,6 @@ MODE = register(
         name=NAME,
         layer=MovingAverageBatchNorm,
         options=MABNOptions,
-        # the full method as the paper trains it: the layer after centred weights (CenConv2d)
-        styles=(Style(NAME, "#44AA99", "H"), Style(centred_label(NAME), "#117733", "H")),
         label=_label,
         tags=_tags,
     )

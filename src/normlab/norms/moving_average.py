@@ -12,7 +12,7 @@ from normlab.errors import ConfigError
 from normlab.norms import kernels, sync
 from normlab.norms.base import RunningStatsNorm
 from normlab.norms.options import RunFacts, one_of, option, positive
-from normlab.norms.registry import Mode, Style, register
+from normlab.norms.registry import Mode, register
 from normlab.norms.stats import (
     batch_stats,
     channel_view,
@@ -151,10 +151,6 @@ MODE = register(
         name="moving_average",
         layer=MovingAverageNorm,
         options=MovingAverageOptions,
-        styles=(
-            Style("moving_average", "#D55E00", "s"),
-            Style("moving_average (grad through batch)", "#882255", "d"),
-        ),
         label=_label,
         tags=_tags,
     )

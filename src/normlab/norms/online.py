@@ -14,7 +14,7 @@ from torch import Tensor
 from normlab.norms import kernels
 from normlab.norms.base import RunningStatsNorm, Scheduled
 from normlab.norms.options import open_interval, option, positive
-from normlab.norms.registry import Mode, Style, register
+from normlab.norms.registry import Mode, register
 
 
 def _check_open_unit_interval(name: str, value: float) -> float:
@@ -369,6 +369,5 @@ MODE = register(
         name="online",
         layer=OnlineNorm,
         options=OnlineOptions,
-        styles=(Style("online", "#CC79A7", "D"),),
     )
 )

@@ -3,15 +3,17 @@ user brings from outside the package.
 
 A :class:`Mode` is everything about one mode that the rest of normlab derives from: the layer
 class, its options (a dataclass, see :mod:`normlab.norms.options`), how its runs are drawn
-(:class:`Style`), its extra wandb tags, the fields it adds to a run's record and the per-step
-quantities its runs log beyond every mode's (:class:`~normlab.quantities.Quantity`, each with
-the schedule it is drawn against), which each run's record declares. Which layer
-attributes follow schedules, and from which config node, is the layer class's own
-``schedules`` (:class:`~normlab.norms.base.Scheduled`): ``momentum`` from the run's
-``momentum`` node, a mode's own (renorm's ``rmax``) from its option of that name
+(:class:`~normlab.labels.Style`: a built-in mode's are :data:`normlab.labels.BUILT_IN`'s, which
+the figures read there without torch; a mode registered from outside the package brings its
+own), its extra wandb tags, the fields it adds to a run's record and the per-step quantities
+its runs log beyond every mode's (:class:`~normlab.quantities.Quantity`, each with the schedule
+it is drawn against), which each run's record declares. Which layer attributes follow
+schedules, and from which config node, is the layer class's own ``schedules``
+(:class:`~normlab.norms.base.Scheduled`): ``momentum`` from the run's ``momentum`` node, a
+mode's own (renorm's ``rmax``) from its option of that name
 (:func:`~normlab.norms.options.scheduled`), which a mode from outside gives in its YAML. The
-mode list, the config checks, the trainer's schedules, the figures' palette and the tags all
-come from here.
+mode list, the config checks, the trainer's schedules, the run labels and the tags all come
+from here.
 
 A run's norm config node becomes a :class:`NormChoice` through :func:`choose`: either
 ``mode: NAME`` of a registered mode with its options, or ``_target_: package.module.Class``
@@ -30,34 +32,30 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
+from normlab import labels
 from normlab.errors import ConfigError
+from normlab.labels import Style
 from normlab.norms import options as opts
 from normlab.norms.base import RunningStatsNorm, Scheduled
 from normlab.quantities import DECLARED, Quantity
 
 
 @dataclass(frozen=True)
-class Style:
-    """How runs are drawn: the legend label, a colour and a marker."""
-
-    label: str
-    color: str
-    marker: str
-
-
-@dataclass(frozen=True)
 class Mode:
     """One registered normalization mode.
 
-    ``label(options)`` names the style a run is drawn under (default: the mode's first style);
-    ``tags(options)`` gives extra wandb tags; ``record(options, batch_size)`` extra fields for
-    the run's ``summary.json`` (written where the mode is built, read by the figures).
+    ``styles`` are how its runs are drawn, the default label first: a built-in mode's are
+    :data:`normlab.labels.BUILT_IN`'s, filled in by :func:`register`; a mode from outside the
+    package gives its own. ``label(options)`` names the style a run is drawn under (default:
+    the mode's first style); ``tags(options)`` gives extra wandb tags; ``record(options,
+    batch_size)`` extra fields for the run's ``summary.json`` (written where the mode is built,
+    read by the figures).
     ``quantities`` are the per-step columns the mode's layers log beyond every mode's, each
     drawn against its ``bound``, one of the layer's schedules (a run's record declares them).
     """
@@ -65,7 +63,7 @@ class Mode:
     name: str
     layer: type[nn.Module]
     options: type
-    styles: tuple[Style, ...]
+    styles: tuple[Style, ...] = ()
     label: Callable[[Any], str] | None = None
     tags: Callable[[Any], list[str]] | None = None
     record: Callable[[Any, int], dict[str, Any]] | None = None
@@ -80,8 +78,15 @@ _MODES: dict[str, Mode] = {}
 
 
 def register(mode: Mode) -> Mode:
+    """Add ``mode`` to the registry, a built-in one with its styles from :mod:`normlab.labels`."""
     if mode.name in _MODES:
         raise ValueError(f"normalization mode {mode.name!r} is registered twice")
+    if mode.name in labels.BUILT_IN:
+        if mode.styles:
+            raise ValueError(f"{mode.name}: a built-in mode's styles are normlab.labels.BUILT_IN's")
+        mode = dataclasses.replace(mode, styles=labels.BUILT_IN[mode.name])
+    elif not mode.styles:
+        raise ValueError(f"{mode.name}: a mode from outside the package gives its styles")
     if not dataclasses.is_dataclass(mode.options):
         raise TypeError(f"{mode.name}: options must be a dataclass, got {mode.options!r}")
     schedules = getattr(mode.layer, "schedules", {})
@@ -106,43 +111,9 @@ def get(name: str) -> Mode:
     return _MODES[name]
 
 
-# What a run's label gains where its model centres the weights before each norm
-# (model.centred_weights): runs of one mode with and without are drawn and compared apart.
-CENTRED_WEIGHTS = "centred weights"
-
-
-def centred_label(label: str) -> str:
-    """The label of runs drawn under ``label`` whose model centres its pre-norm weights."""
-    return f"{label} + {CENTRED_WEIGHTS}"
-
-
-# Okabe & Ito (2008) is taken by the registered modes; runs of modes from outside the package
-# take these, in order of their labels, so they never share a colour or marker with a built-in.
-EXTRA_COLORS = ("#7F3C8D", "#3969AC", "#11A579", "#E73F74", "#80BA5A", "#F0E442")
-EXTRA_MARKERS = ("*", "h", "p", "<", ">", "8")
-
-
 def styles() -> dict[str, Style]:
     """Every registered mode's styles by label, in registration order."""
     return {s.label: s for mode in _MODES.values() for s in mode.styles}
-
-
-def palette(labels: Iterable[str]) -> dict[str, Style]:
-    """A style for every label: a registered one's own; the others, sorted, the extras in turn."""
-    known = styles()
-    others = sorted(set(labels) - set(known))
-    extra = {
-        label: Style(
-            label, EXTRA_COLORS[i % len(EXTRA_COLORS)], EXTRA_MARKERS[i % len(EXTRA_MARKERS)]
-        )
-        for i, label in enumerate(others)
-    }
-    return {**known, **extra}
-
-
-def label_order() -> tuple[str, ...]:
-    """Labels of the registered styles, in the order figures and tables list modes."""
-    return tuple(styles())
 
 
 # ----------------------------------------------------------------------------- a run's choice

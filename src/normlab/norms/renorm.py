@@ -12,7 +12,7 @@ from torch import Tensor
 from normlab.norms import kernels, sync
 from normlab.norms.base import RunningStatsNorm, Scheduled
 from normlab.norms.options import option, positive, scheduled
-from normlab.norms.registry import Mode, Style, register
+from normlab.norms.registry import Mode, register
 from normlab.norms.stats import (
     batch_stats,
     normalize_with_batch_stats,
@@ -190,7 +190,6 @@ MODE = register(
         name="renorm",
         layer=BatchRenorm,
         options=RenormOptions,
-        styles=(Style("renorm", "#009E73", "^"),),
         quantities=CLIPPED,
     )
 )

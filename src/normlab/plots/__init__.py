@@ -28,7 +28,7 @@ Reads ``results/runs/...`` through :mod:`normlab.results` and writes, as PNG (20
 and ``summary.md``/``.tex``/``.csv`` (mean and 95 % interval over seeds per label and batch
 size, divergence with Wilson intervals, parameter-norm growth) and ``divergence.md``/...
 
-Layout: :mod:`~normlab.plots.style` (rcParams, palette from the mode registry),
+Layout: :mod:`~normlab.plots.style` (rcParams, palette from :mod:`normlab.labels`),
 :mod:`~normlab.plots.runs` (what a figure needs; which runs are used and how they are grouped
 is :mod:`normlab.grouping`, their labels and scales :mod:`normlab.quantities`),
 :mod:`~normlab.plots.frames` (the numbers), :mod:`~normlab.plots.tables` (rendered by

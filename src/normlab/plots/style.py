@@ -1,4 +1,4 @@
-"""How every figure looks: one rcParams bundle, the palette from the mode registry, fixed sizes,
+"""How every figure looks: one rcParams bundle, the palette of :mod:`normlab.labels`, fixed sizes,
 and deterministic files (the Agg canvas, no timestamps or software versions in PNG/PDF/SVG)."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from normlab.norms import registry  # importing the package registers the built-in modes
+import normlab.labels
+from normlab.labels import Style
 
 PANEL_WIDTH, PANEL_HEIGHT = 3.3, 2.3  # inches: one panel reads at single-column width
 DPI = 200
@@ -47,20 +48,17 @@ NEUTRAL = "0.35"  # legend entries that stand for a line style or marker, not a 
 SECOND = {"fillstyle": "top", "markerfacecoloralt": "white", "markersize": 5}
 
 
-Style = registry.Style
-
-
 def palette(labels: Iterable[str]) -> dict[str, Style]:
-    """A :class:`Style` for every label among ``labels`` (the registry's for registered modes,
-    distinct extras for the others)."""
+    """A :class:`Style` for every label among ``labels`` (a built-in mode's own, distinct extras
+    for the others)."""
     labels = list(dict.fromkeys(map(str, labels)))
-    styles = registry.palette(labels)
+    styles = normlab.labels.palette(labels)
     return {label: styles[label] for label in labels}
 
 
 def label_rank(label: str) -> tuple[int, str]:
-    """Sort key of a label: the registry's order, then labels from outside it by name."""
-    order = registry.label_order()
+    """Sort key of a label: the built-in labels' order, then labels from outside it by name."""
+    order = normlab.labels.label_order()
     return (order.index(label), "") if label in order else (len(order), label)
 
 
