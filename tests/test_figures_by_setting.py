@@ -147,8 +147,9 @@ def test_overview_draws_each_setting_on_shared_axes(overview):
 # ----------------------------------------------------------------------------- the proposal
 
 CONSTANT = {"kind": "constant", "value": 0.1, "convention": "momentum"}
-RAMP = {"kind": "linear", "convention": "decay", "start": 0.5, "end": 0.99, "finish": 0.5}
-CUMULATIVE = {"kind": "cumulative", "convention": "momentum"}
+# as records carry them: the default value under every kind
+RAMP = {"kind": "linear", "value": 0.1, "convention": "decay", "start": 0.5, "end": 0.99}
+CUMULATIVE = {"kind": "cumulative", "value": 0.1, "convention": "momentum"}
 # mode, momentum, batch size, accuracies per seed
 PROPOSAL = (
     ("batch", CONSTANT, 4, [0.60, 0.62, 0.61]),
@@ -157,6 +158,7 @@ PROPOSAL = (
     ("moving_average", RAMP, 4, [0.59, 0.61, 0.57]),
     ("moving_average", CUMULATIVE, 4, [0.55, 0.56, 0.60]),
     ("moving_average", RAMP, 32, [0.70, 0.71, 0.75]),
+    ("online", CONSTANT, 4, [0.61, 0.62, 0.63]),  # neither a schedule's line nor a baseline
 )
 
 

@@ -505,15 +505,21 @@ def accuracy_by_setting_frame(runs: pd.DataFrame) -> pd.DataFrame:
     return by_panel(failure_stats(used, "val_acc_eval", by), ["batch_size"])
 
 
+# what the question's proposal is measured against: batch statistics, and Batch Renormalization,
+# which corrects them towards the moving averages
+SCHEDULE_BASELINES = ("batch", "renorm")
+
+
 def schedule_text(used: pd.DataFrame) -> pd.Series:
     """Each run's momentum schedule as read: "constant momentum 0.1", "linear decay 0.5→0.99",
-    "cumulative"."""
+    "cumulative" (a record carries the default ``value`` under every kind: only a constant
+    schedule reads it)."""
     columns = [f"config.momentum.{k}" for k in ("value", "start", "end", "convention")]
     values = zip(used["momentum_kind"], *(column_of(used, c) for c in columns), strict=True)
     texts = []
     for kind, value, start, end, convention in values:
         words = [str(kind)] + ([] if missing(convention) else [str(convention)])
-        if not missing(value):
+        if str(kind) == "constant" and not missing(value):
             texts.append(" ".join([*words, fmt(value)]))
         elif not (missing(start) or missing(end)):
             texts.append(" ".join([*words, f"{fmt(start)}→{fmt(end)}"]))
@@ -524,13 +530,15 @@ def schedule_text(used: pd.DataFrame) -> pd.Series:
 
 def schedules_by_setting_frame(runs: pd.DataFrame) -> pd.DataFrame:
     """Final ``val_acc_eval`` per (panel, label, momentum ``schedule``, batch size), diverged runs
-    at chance; ``schedule`` is empty for a label run under one schedule only in its panel (a
-    baseline drawn as itself). Panels as :func:`with_panel`, the momentum schedule excluded."""
+    at chance, for the labels run under several schedules in a panel and the baselines beside
+    them (:data:`SCHEDULE_BASELINES`, ``schedule`` empty: each drawn as itself). Panels as
+    :func:`with_panel`, the momentum schedule excluded."""
     used = prepare_runs(runs)
     used = with_panel(used.assign(schedule=schedule_text(used)), exclude=["config.momentum.kind"])
     if used.empty:
         return pd.DataFrame(columns=["panel", "mode", "schedule", "batch_size", *FAILURE_COLUMNS])
     several = used.groupby(["panel", "mode"])["schedule"].transform("nunique") > 1
+    used = used.loc[several | used["mode"].isin(SCHEDULE_BASELINES)]
     used["schedule"] = used["schedule"].where(several, "")
     by = ["panel", "panel_order", "mode", "schedule", "batch_size"]
     return by_panel(failure_stats(used, "val_acc_eval", by), ["schedule", "batch_size"])
