@@ -220,7 +220,7 @@ class PackedTrainer:
         losses = self.window.drain_losses()  # a list per seed
         norms = self.pack.per_seed_norms(self.params).tolist()
         for index, trainer in self._running():
-            trainer.check_divergence(losses[index] if losses else [], norms[index], self.step)
+            trainer.detect_divergence(losses[index] if losses else [], norms[index], self.step)
             if trainer.divergence is not None:
                 self._sync(index)
                 trainer.log_divergence_row()

@@ -325,11 +325,11 @@ class Trainer:
 
     def _check_divergence(self) -> None:
         losses = self.window.drain_losses()
-        self.check_divergence(losses, total_norm([p.detach() for p in self.params]), self.step)
+        self.detect_divergence(losses, total_norm([p.detach() for p in self.params]), self.step)
         if losses:
             self.progress.update(self.step, loss=losses[-1])
 
-    def check_divergence(self, losses: list[float], param_norm: float, step: int) -> None:
+    def detect_divergence(self, losses: list[float], param_norm: float, step: int) -> None:
         """The divergence test after ``step`` steps, of the losses of the last steps (the
         ones since the previous test) and of the parameter norm."""
         first = step - len(losses)
