@@ -102,15 +102,18 @@ def _packed_and_alone(compose_config, *overrides):
 
 @pytest.mark.parametrize("mode", ["batch", "renorm", "online", "group"])
 def test_packed_runs_record_what_their_unpacked_runs_record(compose_config, mode):
-    """Same run ids, statuses and logged numbers to float tolerance (summation order
-    differs), one record per seed."""
-    packed, alone = _packed_and_alone(compose_config, *_mode(mode))
+    """Same run ids, statuses, logged numbers and per-step traces to float tolerance
+    (summation order differs), one record per seed."""
+    packed, alone = _packed_and_alone(compose_config, *_mode(mode), "trace.steps=2")
     for p, a in zip(packed, alone, strict=True):
         assert p["run_id"] == a["run_id"] and p["status"] == a["status"] == "completed"
         ours, theirs = _metrics(p["run_dir"]), _metrics(a["run_dir"])
         assert list(ours.columns) == list(theirs.columns)
         numbers = [c for c in theirs.columns if not c.endswith("_seconds")]
         pd.testing.assert_frame_equal(ours[numbers], theirs[numbers], rtol=1e-4, atol=1e-5)
+        ours, theirs = (pd.read_csv(Path(r["run_dir"]) / "trace.csv") for r in (p, a))
+        assert list(theirs["step"]) == [0, 1, 4, 5]
+        pd.testing.assert_frame_equal(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
 def test_lr_factors_pack_with_each_seeds_own_learning_rate(compose_config):

@@ -139,6 +139,10 @@ class Window:
     predictions of up to ``COUNT_EVERY`` steps are counted at once (an integer count, so the
     same whatever the grouping) when the window is read or the backlog fills: one device op a
     step instead of five, felt at batch size 1 (``scripts/bench_trainer.py``).
+
+    A pack's window (:mod:`normlab.packed_trainer`) holds its seeds side by side: losses of
+    shape ``(seeds,)``, logits ``(batch, seeds, classes)``, labels ``(batch, seeds)``; its
+    sums are per seed, and :meth:`take` hands them to the seeds' own windows (:meth:`put`).
     """
 
     COUNT_EVERY: ClassVar[int] = 64
@@ -156,7 +160,7 @@ class Window:
         else:
             self.loss_sum += loss
         self.pending_predictions.append((logits, labels))
-        self.examples += labels.numel()
+        self.examples += len(labels)
         self.steps += 1
         self.pending_losses.append(loss)
         if len(self.pending_predictions) >= self.COUNT_EVERY:
@@ -166,7 +170,7 @@ class Window:
         if not self.pending_predictions:
             return
         logits, labels = zip(*self.pending_predictions, strict=True)
-        correct = (torch.cat(logits).argmax(dim=1) == torch.cat(labels)).sum()
+        correct = (torch.cat(logits).argmax(dim=-1) == torch.cat(labels)).sum(dim=0)
         if self.correct is None:
             self.correct = correct
         else:
@@ -174,20 +178,32 @@ class Window:
         self.pending_predictions = []
 
     def drain_losses(self) -> list[float]:
-        values = torch.stack(self.pending_losses).tolist() if self.pending_losses else []
+        """The losses of the steps since the last drain (a pack's: a list per seed)."""
+        values = torch.stack(self.pending_losses, dim=-1).tolist() if self.pending_losses else []
         self.pending_losses = []
         return values
+
+    def take(self) -> tuple[Tensor, Tensor, int, int]:
+        """The loss sum, correct predictions, examples and steps so far; the window empties
+        (its pending losses stay)."""
+        self._count_correct()
+        out = (self.loss_sum, self.correct, self.examples, self.steps)
+        self.loss_sum, self.correct, self.examples, self.steps = None, None, 0, 0
+        return out
+
+    def put(self, loss_sum: Tensor, correct: Tensor, examples: int, steps: int) -> None:
+        """Add what another window took over ``steps`` steps (one seed's share of a pack's)."""
+        self._count_correct()
+        self.loss_sum = loss_sum.clone() if self.loss_sum is None else self.loss_sum + loss_sum
+        self.correct = correct.clone() if self.correct is None else self.correct + correct
+        self.examples += examples
+        self.steps += steps
 
     def collect(self) -> dict[str, float]:
         if not self.steps:
             return {}
-        self._count_correct()
-        out = {
-            "loss": self.loss_sum.item() / self.steps,
-            "train_acc": self.correct.item() / self.examples,
-        }
-        self.loss_sum, self.correct, self.examples, self.steps = None, None, 0, 0
-        return out
+        loss_sum, correct, examples, steps = self.take()
+        return {"loss": loss_sum.item() / steps, "train_acc": correct.item() / examples}
 
     def state_dict(self) -> dict[str, Any]:
         self._count_correct()

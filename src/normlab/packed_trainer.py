@@ -24,12 +24,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from normlab.metrics import Window
 from normlab.norms import norm_layers
 from normlab.optim import build_optimizer
 from normlab.packing import NormFactory, Pack, PackedDiagnostics, pack_model
 from normlab.progress import RunProgress
 from normlab.signals import SignalGuard
-from normlab.trainer import Trainer, apply_layer_values, autocast, layer_schedules
+from normlab.trainer import (
+    Trainer,
+    apply_layer_values,
+    apply_step_values,
+    autocast,
+    prepare_norms,
+    trace_values,
+)
 
 Finished = Callable[[int, dict[str, Any]], None]
 
@@ -68,21 +76,21 @@ class PackedTrainer:
         names = {id(p): n for n, p in first.model.named_parameters()}
         self.biases = [self.pack.params[names[id(b)]] for b in first.biases]
         self.norms = norm_layers(self.model)
-        self.schedules = layer_schedules(self.run, self.norms.values())
-        for layer in self.norms.values():
-            layer.track_running = not self.run.norm.switch.switch_freeze
+        self.schedules = prepare_norms(self.run, self.norms.values())
         ratios = [t.base_lr / first.base_lr for t in self.trainers]
         self.lr_ratios = (
             None if all(r == 1.0 for r in ratios) else torch.tensor(ratios, device=self.device)
         )
-        self.pending_losses: list[Tensor] = [
-            torch.stack(column)
-            for column in zip(*(t.window.pending_losses for t in self.trainers), strict=True)
-        ]
+        # the seeds' losses and predictions side by side, until a seed's own window needs them
+        self.window = Window(
+            pending_losses=[
+                torch.stack(column)
+                for column in zip(*(t.window.pending_losses for t in self.trainers), strict=True)
+            ]
+        )
         for t in self.trainers:
             t.window.pending_losses = []
             t.progress = _Quiet()
-        self._reset_window()
         self.stop_signal: str | None = None
 
     # ------------------------------------------------------------------ loop
@@ -94,12 +102,11 @@ class PackedTrainer:
         self.model.train()
         try:
             with SignalGuard(self) as signals:
-                if self.step == 0:
-                    for index, trainer in self._running():
-                        if trainer.record.metrics.rows_written == 0:
-                            self._sync(index)
-                            trainer._log_row()
-                    signals.dispatch()
+                for index, trainer in self._running():
+                    if trainer.first_row_due():
+                        self._sync(index)
+                        trainer._log_row()
+                signals.dispatch()
                 while self.step < self.total and any(self.active) and not self.stop_signal:
                     self._iteration()
                     signals.dispatch()
@@ -126,22 +133,19 @@ class PackedTrainer:
 
     def _iteration(self) -> None:
         self._train_step()
-        log_due = self.step % self.trainers[0].eval_every == 0 or self.step == self.total
-        if log_due or self.step % self.run.divergence.check_every == 0:
+        log_due, check_due = self.trainers[0].due(self.step)
+        if check_due:
             self._check_divergence()
         if log_due:
             for index, trainer in self._running():
                 self._sync(index)
-                trainer._log_row()
-                trainer._maybe_checkpoint()
+                trainer.log_due_row()
 
     def _train_step(self) -> None:
         started = time.perf_counter()
         first = self.trainers[0]
         values = first._schedule_values(self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = values["lr"]
-        apply_layer_values(values, self.schedules, self.norms.values())
+        apply_step_values(values, self.optimizer, self.schedules, self.norms.values())
         index = torch.stack([t.sampler.next_indices() for t in self.trainers])
         x, y = self._inputs(index), self.data.y_train[index]
         with autocast(self.run, self.device):
@@ -155,7 +159,7 @@ class PackedTrainer:
         self._optimizer_step()
         for stopped in (i for i, running in enumerate(self.active) if not running):
             self._restore(stopped)
-        self._add_to_window(losses.detach(), logits.detach(), y)
+        self.window.add(losses.detach(), logits.detach(), y.T)
         if first.trace is not None:
             self._trace(losses.detach())
         self.step += 1
@@ -196,64 +200,30 @@ class PackedTrainer:
 
     # ------------------------------------------------------------------ per-seed measurements
 
-    def _reset_window(self) -> None:
-        self.loss_sum: Tensor | None = None
-        self.predictions: list[tuple[Tensor, Tensor]] = []
-        self.window_steps = 0
-
-    def _add_to_window(self, losses: Tensor, logits: Tensor, labels: Tensor) -> None:
-        self.loss_sum = losses.clone() if self.loss_sum is None else self.loss_sum.add_(losses)
-        self.predictions.append((logits, labels))
-        self.pending_losses.append(losses)
-        self.window_steps += 1
-
     def _flush_window(self) -> None:
         """The steps since the last flush into every running seed's own window."""
-        if self.window_steps:
-            logits = torch.cat([lg for lg, _ in self.predictions])  # (T * B, S, K)
-            labels = torch.cat([lb.T for _, lb in self.predictions])  # (T * B, S)
-            correct = (logits.argmax(dim=2) == labels).sum(dim=0)
-            examples = len(labels)
+        if self.window.steps:
+            loss_sum, correct, examples, steps = self.window.take()
             for index, trainer in self._running():
-                window = trainer.window
-                window._count_correct()
-                loss, right = self.loss_sum[index].clone(), correct[index].clone()
-                window.loss_sum = loss if window.loss_sum is None else window.loss_sum + loss
-                window.correct = right if window.correct is None else window.correct + right
-                window.examples += examples
-                window.steps += self.window_steps
-            self._reset_window()
+                trainer.window.put(loss_sum[index], correct[index], examples, steps)
         for index, trainer in self._running():
-            trainer.window.pending_losses = [losses[index] for losses in self.pending_losses]
+            trainer.window.pending_losses = [losses[index] for losses in self.window.pending_losses]
 
     def _trace(self, losses: Tensor) -> None:
-        nan = torch.full_like(losses, float("nan"))
         params = self.pack.per_seed_norms(self.params)
-        biases = self.pack.per_seed_norms(self.biases) if self.biases else nan
-        means = [
-            m.view(self.seeds, -1).square().mean(dim=1).sqrt()
-            for m in (n.diagnostics.current_batch_mean() for n in self.norms.values())
-            if m is not None
-        ]
-        mean_rms = torch.stack(means).mean(dim=0) if means else nan
-        values = torch.stack((losses.float(), params, biases, mean_rms.to(losses.dtype)), dim=1)
+        biases = self.pack.per_seed_norms(self.biases) if self.biases else None
+        values = trace_values(losses, params, biases, self.norms.values())
         for index, trainer in self._running():
             trainer.trace.add(self.step, values[index])
 
     def _check_divergence(self) -> None:
-        first = self.step - len(self.pending_losses)
-        losses = torch.stack(self.pending_losses).T.tolist() if self.pending_losses else None
-        self.pending_losses = []
+        losses = self.window.drain_losses()  # a list per seed
         norms = self.pack.per_seed_norms(self.params).tolist()
         for index, trainer in self._running():
-            detector = trainer.detector
-            trainer.divergence = detector.check_losses(
-                losses[index] if losses else [], first
-            ) or detector.check_params(norms[index], self.step)
+            trainer.detect_divergence(losses[index] if losses else [], norms[index], self.step)
             if trainer.divergence is not None:
                 self._sync(index)
-                if trainer.last_logged_step != self.step:
-                    trainer._log_row()
+                trainer.log_divergence_row()
                 self._end(index)
         if losses:
             self.progress.update(self.step, loss=losses[0][-1])

@@ -85,11 +85,34 @@ def layer_schedules(
     return out
 
 
+def prepare_norms(
+    run: RunConfig, norms: Iterable[nn.Module]
+) -> dict[str, tuple[Schedule, list[nn.Module]]]:
+    """Set ``norms`` to track their running statistics unless the run freezes them at its
+    switch; return their :func:`layer_schedules`."""
+    norms = list(norms)
+    for layer in norms:
+        layer.track_running = not run.norm.switch.switch_freeze
+    return layer_schedules(run, norms)
+
+
 def autocast(run: RunConfig, device: torch.device) -> contextlib.AbstractContextManager:
     """bfloat16 autocast for ``precision=bfloat16``; norm layers keep float32 statistics."""
     if run.precision == "bfloat16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def apply_step_values(
+    values: dict[str, float],
+    optimizer: torch.optim.Optimizer,
+    schedules: dict[str, tuple[Schedule, list[nn.Module]]],
+    norms: Iterable[nn.Module],
+) -> None:
+    """A step's ``values``: its learning rate on ``optimizer``, the rest on the layers."""
+    for group in optimizer.param_groups:
+        group["lr"] = values["lr"]
+    apply_layer_values(values, schedules, norms)
 
 
 def apply_layer_values(
@@ -137,10 +160,8 @@ class Trainer:
         # (scripts/bench_trainer.py, batch size 1)
         self.params = list(model.parameters())
         self.biases = prenorm_biases(model)
-        self.schedules = layer_schedules(run, self.norms.values())
+        self.schedules = prepare_norms(run, self.norms.values())
         self.switch_step = switch_step(run, self.total)
-        for layer in self.norms.values():
-            layer.track_running = not run.norm.switch.switch_freeze
         div = run.divergence
         self.detector = DivergenceDetector(
             div.loss_factor, div.param_norm_factor, div.activation_bound
@@ -225,14 +246,14 @@ class Trainer:
         self.model.train()
         try:
             with SignalGuard(self) as signals:
-                if self.step == 0 and self.record.metrics.rows_written == 0:
+                if self.first_row_due():
                     self._log_row()
                     signals.dispatch()
                 while self.step < self.total and self.divergence is None and not self.stop_signal:
                     self._iteration()
                     signals.dispatch()
-                if self.divergence is not None and self.last_logged_step != self.step:
-                    self._log_row()
+                if self.divergence is not None:
+                    self.log_divergence_row()
                 elif self.stop_signal:
                     self.save_checkpoint()
         finally:
@@ -242,12 +263,30 @@ class Trainer:
     def _iteration(self) -> None:
         """One step and whatever falls due after it; signals wait until it is over."""
         self._train_step()
-        log_due = self.step % self.eval_every == 0 or self.step == self.total
-        if log_due or self.step % self.run.divergence.check_every == 0:
+        log_due, check_due = self.due(self.step)
+        if check_due:
             self._check_divergence()
         if log_due and self.divergence is None:
+            self.log_due_row()
+
+    def first_row_due(self) -> bool:
+        """The row of step 0 is logged before training, unless a resumed run has it."""
+        return self.step == 0 and self.record.metrics.rows_written == 0
+
+    def due(self, step: int) -> tuple[bool, bool]:
+        """Whether a row, and whether a divergence check, falls due after ``step`` steps."""
+        log_due = step % self.eval_every == 0 or step == self.total
+        return log_due, log_due or step % self.run.divergence.check_every == 0
+
+    def log_due_row(self) -> None:
+        """A row that fell due, and the checkpoint that may follow it."""
+        self._log_row()
+        self._maybe_checkpoint()
+
+    def log_divergence_row(self) -> None:
+        """The row of the step the run diverged at, unless a due row has logged it."""
+        if self.last_logged_step != self.step:
             self._log_row()
-            self._maybe_checkpoint()
 
     def _train_step(self) -> None:
         started = time.perf_counter()
@@ -270,9 +309,7 @@ class Trainer:
 
     def _apply_schedules(self) -> float:
         values = self._schedule_values(self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = values["lr"]
-        apply_layer_values(values, self.schedules, self.norms.values())
+        apply_step_values(values, self.optimizer, self.schedules, self.norms.values())
         return values["lr"]
 
     def _schedule_values(self, step: int) -> dict[str, float]:
@@ -287,32 +324,24 @@ class Trainer:
         return values
 
     def _check_divergence(self) -> None:
-        first = self.step - len(self.window.pending_losses)
         losses = self.window.drain_losses()
-        self.divergence = self.detector.check_losses(losses, first) or self.detector.check_params(
-            total_norm([p.detach() for p in self.params]), self.step
-        )
+        self.detect_divergence(losses, total_norm([p.detach() for p in self.params]), self.step)
         if losses:
             self.progress.update(self.step, loss=losses[-1])
 
-    def _trace_values(self, loss: Tensor) -> Tensor:
-        """This step's loss, parameter norm, pre-norm bias norm and mean (RMS over channels,
-        mean over layers), as one device tensor: nothing is read back."""
-        nan = loss.new_tensor(math.nan)
-        means = [
-            m
-            for m in (n.diagnostics.current_batch_mean() for n in self.norms.values())
-            if m is not None
-        ]
-        mean_rms = torch.stack([m.square().mean().sqrt() for m in means]).mean() if means else nan
-        return torch.stack(
-            (
-                loss.float(),
-                _norm([p.detach() for p in self.params], nan),
-                _norm([b.detach() for b in self.biases], nan),
-                mean_rms.to(loss.dtype),
-            )
+    def detect_divergence(self, losses: list[float], param_norm: float, step: int) -> None:
+        """The divergence test after ``step`` steps, of the losses of the last steps (the
+        ones since the previous test) and of the parameter norm."""
+        first = step - len(losses)
+        self.divergence = self.detector.check_losses(losses, first) or self.detector.check_params(
+            param_norm, step
         )
+
+    def _trace_values(self, loss: Tensor) -> Tensor:
+        nan = loss.new_tensor(math.nan)
+        biases = _norm([b.detach() for b in self.biases], nan) if self.biases else None
+        params = _norm([p.detach() for p in self.params], nan)
+        return trace_values(loss, params, biases, self.norms.values())
 
     # ------------------------------------------------------------------ measurements
 
@@ -465,6 +494,21 @@ class Trainer:
     def resume_from(self, path: Path) -> int:
         self.load_state_dict(load_checkpoint(path, self.device))
         return self.step
+
+
+def trace_values(
+    loss: Tensor, param_norm: Tensor, bias_norm: Tensor | None, norms: Iterable[nn.Module]
+) -> Tensor:
+    """A step's row of ``trace.csv`` (:attr:`Trace.FIELDS`), as one device tensor (nothing
+    is read back): the loss, the parameter and pre-norm bias norms (nan: no biases) and the
+    layers' batch means (RMS over channels, mean over layers). ``loss`` may have a leading
+    seed dimension (a pack's seeds, channel groups in ``norms``); the row gets it too."""
+    nan = torch.full_like(loss, math.nan)
+    means = (n.diagnostics.current_batch_mean() for n in norms)
+    rms = [m.view(*loss.shape, -1).square().mean(dim=-1).sqrt() for m in means if m is not None]
+    mean_rms = torch.stack(rms).mean(dim=0) if rms else nan
+    biases = nan if bias_norm is None else bias_norm
+    return torch.stack((loss.float(), param_norm, biases, mean_rms.to(loss.dtype)), dim=-1)
 
 
 def _norm(tensors: list[Tensor], empty: Tensor) -> Tensor:
