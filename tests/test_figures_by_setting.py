@@ -192,6 +192,15 @@ def test_proposal_draws_each_schedule_beside_the_baselines(proposal):
     assert {"linear decay 0.5→0.99", "cumulative", "moving_average"} <= set(labels)
 
 
+def test_overview_draws_a_label_of_several_schedules_at_its_constant_one(proposal):
+    frame = plots.accuracy_by_setting_frame(load_runs(proposal))
+    assert set(frame["panel"]) == {"mlp on mnist1d"}  # the schedule splits no panel
+    assert set(frame["mode"]) == {"batch", "renorm", "moving_average", "online"}
+    ma = frame.loc[frame["mode"] == "moving_average"]
+    assert ma["batch_size"].tolist() == [4]  # the ramp's batch-32 runs are left out
+    assert interval(ma.iloc[0]) == t95([0.50, 0.1, 0.52])
+
+
 # ----------------------------------------------------------------------------- the switch point
 
 # (switch_at, freeze) -> accuracies per seed; (None, False): never switches

@@ -499,10 +499,22 @@ def by_panel(frame: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
 
 def accuracy_by_setting_frame(runs: pd.DataFrame) -> pd.DataFrame:
     """Final ``val_acc_eval`` per (panel, label, batch size), diverged runs at chance
-    (:func:`failure_stats`); a panel per model on data set (:func:`with_panel`)."""
-    used = with_panel(prepare_runs(runs))
+    (:func:`failure_stats`); a panel per model on data set (:func:`with_panel`); a label run
+    under several momentum schedules at its constant one (:func:`at_constant_schedule`)."""
+    used = with_panel(at_constant_schedule(prepare_runs(runs)))
     by = ["panel", "panel_order", "mode", "batch_size"]
     return by_panel(failure_stats(used, "val_acc_eval", by), ["batch_size"])
+
+
+def at_constant_schedule(used: pd.DataFrame) -> pd.DataFrame:
+    """The runs less those of a label, model and data set under a non-constant momentum schedule
+    where the same label also ran under a constant one: the overview draws each label once, as
+    the seed question trains it; ``schedules_by_setting`` draws the schedules."""
+    kind = column_of(used, "config.momentum.kind").astype(str)
+    keys = [column_of(used, k, "").map(fmt) for k in ("config.data.name", "config.model.name")]
+    group = pd.Series(list(zip(*keys, used["mode"], strict=True)), index=used.index)
+    with_constant = set(group[kind == "constant"])
+    return used.loc[(kind == "constant") | ~group.isin(with_constant)]
 
 
 # what the question's proposal is measured against: batch statistics, and Batch Renormalization,
