@@ -36,7 +36,7 @@ venv: $(STAMP)
 # overrides in ARGS: `make run ARGS='pack=false'` trains one seed per process.
 run: $(STAMP)
 	$(VENV)/bin/normlab-train -m +experiment=$(QUICK) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) paths.results=$(LOCAL) $(ARGS)
-	$(VENV)/bin/normlab-plot $(LOCAL)/runs/$(QUICK) --beside results/runs/$(QUICK) --out $(LOCAL)/figures/$(QUICK)
+	$(VENV)/bin/normlab-plot $(LOCAL)/runs/$(QUICK) --beside results/runs/$(QUICK) --out $(LOCAL)/figures/$(QUICK) --formats png
 
 # One full study (learning rates chosen on a validation split, five seeds on the test split,
 # figures): make study STUDY=seed_question_cnn1d. Resumes where it stopped.

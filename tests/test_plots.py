@@ -437,6 +437,17 @@ def test_precise_and_ghost_figures_are_drawn_when_such_runs_exist(
     assert "held-out acc., precise stats (%)" in (out / "summary.md").read_text()
 
 
+def test_cli_writes_only_the_formats_asked_for(results, tmp_path, capsys):
+    out = tmp_path / "figures"
+    code, _ = cli(capsys, results / "runs" / "study", "--out", out, "--formats", "png")
+    assert code == 0
+    written = {p.suffix for p in out.iterdir()}
+    assert ".png" in written and ".pdf" not in written
+    with pytest.raises(SystemExit):
+        plots.main([str(results / "runs" / "study"), "--formats", "png,jpeg"])
+    assert "allowed: a comma-separated list of png, pdf, svg" in capsys.readouterr().err
+
+
 def test_cli_reports_missing_or_empty_results(tmp_path, capsys):
     assert plots.main([str(tmp_path / "nowhere")]) == 2
     (tmp_path / "empty").mkdir()

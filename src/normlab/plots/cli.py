@@ -68,15 +68,26 @@ FIGURES: dict[str, Callable[[pd.DataFrame, pd.DataFrame | None], Figure]] = {
 }
 
 
+FORMATS = ("png", "pdf")  # the files of every figure unless --formats says fewer
+KNOWN_FORMATS = ("png", "pdf", "svg")
+
+
 def _clear(out: Path, name: str) -> bool:
-    stale = [p for p in (out / f"{name}.png", out / f"{name}.pdf") if p.exists()]
+    stale = [p for p in (out / f"{name}.{f}" for f in KNOWN_FORMATS) if p.exists()]
     for path in stale:
         path.unlink()
     return bool(stale)
 
 
+def _save(figure: Figure, out: Path, name: str, formats: Sequence[str]) -> list[Path]:
+    return [save_figure(figure, out / f"{name}.{f}") for f in formats]
+
+
 def make_figures(
-    runs: pd.DataFrame, out: Path, report: Callable[[str], None] = print
+    runs: pd.DataFrame,
+    out: Path,
+    report: Callable[[str], None] = print,
+    formats: Sequence[str] = FORMATS,
 ) -> list[Path]:
     """Every figure of :data:`FIGURES` that ``runs`` allow, and the tables, into ``out``; one
     message through ``report`` per skipped figure or group of runs."""
@@ -96,8 +107,7 @@ def make_figures(
             removed = " (removed its stale files)" if _clear(out, name) else ""
             report(f"skipping {name} figure: {reason}{removed}")
             continue
-        for suffix in (".png", ".pdf"):
-            written.append(save_figure(figure, out / f"{name}{suffix}"))
+        written += _save(figure, out, name, formats)
     if used.empty:
         report("skipping summary tables: no completed or diverged run")
         return written
@@ -121,7 +131,11 @@ def _load(*roots: str | Path) -> pd.DataFrame:
 
 
 def reproduce(
-    runs: pd.DataFrame, beside: Sequence[str | Path], out: Path, report: Callable[[str], None]
+    runs: pd.DataFrame,
+    beside: Sequence[str | Path],
+    out: Path,
+    report: Callable[[str], None],
+    formats: Sequence[str] = FORMATS,
 ) -> list[Path]:
     """``reproduction.md/.csv/.png/.pdf``: these runs beside the reference runs of ``beside``."""
     from normlab.plots.reproduction import (
@@ -137,7 +151,7 @@ def reproduce(
         return []
     written = write_reproduction(frame, out, runs, reference)
     figure = plot_reproduction(runs, reference)
-    written += [save_figure(figure, out / f"reproduction{s}") for s in (".png", ".pdf")]
+    written += _save(figure, out, "reproduction", formats)
     report(f"{int(frame['within'].sum())} of {len(frame)} cells inside the committed intervals")
     return written
 
@@ -148,16 +162,17 @@ def plot_results(
     report: Callable[[str], None] = print,
     wandb: bool = False,
     beside: Sequence[str | Path] = (),
+    formats: Sequence[str] = FORMATS,
 ) -> list[Path]:
-    """Load the run records under ``roots`` and write every figure and table into ``out``;
-    with ``beside``, the reproduction table and figure against those reference runs; with
-    ``wandb``, log them to a summary run too (:mod:`normlab.dashboard`)."""
+    """Load the run records under ``roots`` and write every figure (as each of ``formats``) and
+    table into ``out``; with ``beside``, the reproduction table and figure against those
+    reference runs; with ``wandb``, log them to a summary run too (:mod:`normlab.dashboard`)."""
     runs = _load(*roots)
     if runs.empty:
         return []
-    written = make_figures(runs, Path(out), report)
+    written = make_figures(runs, Path(out), report, formats)
     if beside:
-        written += reproduce(runs, beside, Path(out), report)
+        written += reproduce(runs, beside, Path(out), report, formats)
     if wandb and not prepare_runs(runs).empty:
         from normlab import dashboard
 
@@ -165,6 +180,16 @@ def plot_results(
         run_dir = dashboard.log_summary(runs, "plots", written, tables, Path(roots[0]))
         report(f"logged {len(tables)} table(s) and the figures to wandb: {run_dir}")
     return written
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    formats = tuple(f.strip().lstrip(".") for f in text.split(",") if f.strip())
+    unknown = [f for f in formats if f not in KNOWN_FORMATS]
+    if unknown or not formats:
+        raise argparse.ArgumentTypeError(
+            f"--formats={text}: allowed: a comma-separated list of {', '.join(KNOWN_FORMATS)}"
+        )
+    return formats
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -203,13 +228,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="t",
         help="interval of the means over seeds: t (default) or a percentile bootstrap",
     )
+    parser.add_argument(
+        "--formats",
+        type=_formats,
+        default=FORMATS,
+        help=f"the files of each figure, comma-separated from {', '.join(KNOWN_FORMATS)} "
+        f"(default: {','.join(FORMATS)})",
+    )
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.results if not p.exists()]
     if missing:
         print(f"normlab-plot: no such directory: {', '.join(missing)}", file=sys.stderr)
         return 2
     with stats.interval_method(args.interval):
-        written = plot_results(*args.results, out=args.out, wandb=args.wandb, beside=args.beside)
+        written = plot_results(
+            *args.results,
+            out=args.out,
+            wandb=args.wandb,
+            beside=args.beside,
+            formats=args.formats,
+        )
     if not written:
         print(
             f"normlab-plot: no run records under {', '.join(map(str, args.results))}",
