@@ -29,6 +29,7 @@ HERE = {
 
 
 def _write(root, values):
+    """``None`` for a run that diverged."""
     for (mode, size, seed), accuracy in values.items():
         config = {
             "norm": norm_node(mode),
@@ -38,14 +39,17 @@ def _write(root, values):
             "model": {"name": "mlp"},
         }
         summary = {
-            "status": "completed",
+            "status": "completed" if accuracy is not None else "diverged",
             "norm": mode,
             "norm_label": mode,
             "batch_size": size,
             "seed": seed,
-            "final": {"val_acc_eval": accuracy},
+            "final": {"val_acc_eval": 0.1 if accuracy is None else accuracy},
         }
-        rows = [{"step": 0, "val_acc_eval": 0.1}, {"step": 10, "val_acc_eval": accuracy}]
+        last = {"val_acc_eval": 0.1 if accuracy is None else accuracy}
+        if accuracy is None:
+            last["loss"] = float("inf")
+        rows = [{"step": 0, "val_acc_eval": 0.1}, {"step": 10, **last}]
         write_record(root, "quick", f"{mode}-bs{size}-s{seed}", config, summary, rows)
     return root / "runs" / "quick"
 
@@ -66,6 +70,17 @@ def test_each_cell_beside_its_committed_interval(tmp_path):
     )
     assert bool(frame.loc[32, "within"])
     assert frame.loc[32, "difference"] == pytest.approx(0.10)
+
+
+def test_a_cell_whose_seeds_all_diverged_on_both_sides_reproduces(tmp_path):
+    failed = {("renorm", 1, s): None for s in range(3)}
+    once = {**failed, ("renorm", 2, 0): None, ("renorm", 2, 1): None, ("renorm", 2, 2): None}
+    twice = {**failed, ("renorm", 2, 0): 0.5, ("renorm", 2, 1): 0.52, ("renorm", 2, 2): None}
+    committed = load_runs(_write(tmp_path / "committed", once))
+    here = load_runs(_write(tmp_path / "here", twice))
+    frame = reproduction_frame(here, committed).set_index("batch_size")
+    assert bool(frame.loc[1, "within"]) and frame.loc[1, "diverged"] == "3/3"
+    assert not bool(frame.loc[2, "within"])  # 1/3 diverged here, 3/3 committed
 
 
 def test_the_cli_writes_the_table_and_the_figure(tmp_path, capsys):

@@ -47,7 +47,8 @@ def reproduction_frame(local: pd.DataFrame, reference: pd.DataFrame) -> pd.DataF
     """Per (label, batch size, setting) present in both: each set's mean final accuracy and
     95 % interval over its non-diverged seeds, their diverged counts, the per-seed difference
     (this machine minus the reference) with its interval, and ``within``: whether this machine's
-    mean lies inside the reference interval."""
+    mean lies inside the reference interval, or every seed diverged on both sides (the same
+    outcome, with no accuracy to compare)."""
     mine, theirs = _final(local), _final(reference)
     rows = []
     for key, group in mine.groupby(KEYS, sort=False):
@@ -74,10 +75,15 @@ def reproduction_frame(local: pd.DataFrame, reference: pd.DataFrame) -> pd.DataF
                 "difference": difference.estimate,
                 "difference_low": difference.low,
                 "difference_high": difference.high,
-                "within": there.defined and there.low <= here.estimate <= there.high,
+                "within": _all_diverged(group, other)
+                or (there.defined and there.low <= here.estimate <= there.high),
             }
         )
     return order(pd.DataFrame(rows), ["batch_size"]) if rows else pd.DataFrame(rows)
+
+
+def _all_diverged(*groups: pd.DataFrame) -> bool:
+    return all(bool(g["diverged"].all()) for g in groups)
 
 
 def _interval(mean: float, low: float, high: float) -> str:
