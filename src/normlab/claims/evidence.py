@@ -227,7 +227,7 @@ def paired(claim: Claim, evidence: Evidence) -> list[Comparison]:
         a, b = (group.loc[group["mode"] == m] for m in (first, second))
         detail = f"{_diverged(group, first)}, {_diverged(group, second)} (at chance)"
         if claim.reference_trains and not _trained(b, claim.metric):
-            comparisons.append(_untrained_reference(study, setting, size, second))
+            comparisons.append(_untrained_reference(study, setting, size, second, detail))
             continue
         comparisons.append(
             _paired_comparison(
@@ -247,9 +247,12 @@ def _trained(runs: pd.DataFrame, metric: str) -> bool:
     return bool((accuracy(runs, metric) - chance(runs)).mean() > ACCURACY_MARGIN)
 
 
-def _untrained_reference(study: str, setting: str, size: int | None, label: str) -> Comparison:
+def _untrained_reference(
+    study: str, setting: str, size: int | None, label: str, counts: str
+) -> Comparison:
     nothing = stats.Interval(math.nan, math.nan, math.nan, 0, stats.current_method())
-    detail = f"{label} did not train (on average within 1 pp of chance): nothing to compare"
+    detail = f"{label} did not train (on average within 1 pp of chance), nothing to compare"
+    detail = f"{detail}; {counts}"
     empty = np.array([], dtype=float)
     return Comparison(study, setting, nothing, detail, size, None, empty, empty)
 
