@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from normlab import papers, stats
+from normlab import labels, papers, stats
 from normlab.grouping import (
     chance,
     column_of,
@@ -517,11 +517,6 @@ def at_constant_schedule(used: pd.DataFrame) -> pd.DataFrame:
     return used.loc[(kind == "constant") | ~group.isin(with_constant)]
 
 
-# what the question's proposal is measured against: batch statistics, and Batch Renormalization,
-# which corrects them towards the moving averages
-SCHEDULE_BASELINES = ("batch", "renorm")
-
-
 def schedule_text(used: pd.DataFrame) -> pd.Series:
     """Each run's momentum schedule as read: "constant momentum 0.1", "linear decay 0.5→0.99",
     "cumulative" (a record carries the default ``value`` under every kind: only a constant
@@ -543,14 +538,14 @@ def schedule_text(used: pd.DataFrame) -> pd.Series:
 def schedules_by_setting_frame(runs: pd.DataFrame) -> pd.DataFrame:
     """Final ``val_acc_eval`` per (panel, label, momentum ``schedule``, batch size), diverged runs
     at chance, for the labels run under several schedules in a panel and the baselines beside
-    them (:data:`SCHEDULE_BASELINES`, ``schedule`` empty: each drawn as itself). Panels as
-    :func:`with_panel`, the momentum schedule excluded."""
+    them (:data:`normlab.labels.SCHEDULE_BASELINES`, ``schedule`` empty: each drawn as itself).
+    Panels as :func:`with_panel`, the momentum schedule excluded."""
     used = prepare_runs(runs)
     used = with_panel(used.assign(schedule=schedule_text(used)), exclude=["config.momentum.kind"])
     if used.empty:
         return pd.DataFrame(columns=["panel", "mode", "schedule", "batch_size", *FAILURE_COLUMNS])
     several = used.groupby(["panel", "mode"])["schedule"].transform("nunique") > 1
-    used = used.loc[several | used["mode"].isin(SCHEDULE_BASELINES)]
+    used = used.loc[several | used["mode"].isin(labels.SCHEDULE_BASELINES)]
     used["schedule"] = used["schedule"].where(several, "")
     by = ["panel", "panel_order", "mode", "schedule", "batch_size"]
     return by_panel(failure_stats(used, "val_acc_eval", by), ["schedule", "batch_size"])
