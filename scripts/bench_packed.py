@@ -48,12 +48,14 @@ TARGET = 3.0  # at batch sizes <= 16
 # registered (3 x 32)
 
 
-def seed_configs(model: str, batch_size: int, steps: int, args) -> list[RunConfig]:
-    """The run of every seed of one cell: composed once (Hydra's compose is slow enough to
-    matter at 64 seeds), then given each seed."""
+def seed_configs(
+    model: str, batch_size: int, steps: int, seeds: list[int], args
+) -> list[RunConfig]:
+    """The run of each of ``seeds`` in one cell: composed once (Hydra's compose is slow enough
+    to matter at 64 seeds), then given each seed."""
     shape = ["model.depth=3", "model.width=128"] if model == "mlp" else []
     config = compose_run(batch_size, steps, args.device, args.cache, f"model={model}", *shape)
-    return [dataclasses.replace(config, seed=seed) for seed in args.seeds_of_worker]
+    return [dataclasses.replace(config, seed=seed) for seed in seeds]
 
 
 def trainer_for(config: RunConfig, data: Dataset, record_dir: Path) -> Trainer:
@@ -82,10 +84,10 @@ def worker(args) -> None:
     """One process's share: its seeds packed, or one after another; prints its seconds."""
     torch.set_num_threads(args.threads)
     data = load_dataset("mnist1d", cache_dir=args.cache, device=args.device)
-    args.seeds_of_worker = [int(s) for s in args.worker_seeds.split(",")]
+    seeds = [int(s) for s in args.worker_seeds.split(",")]
     run_steps = args.warmup + args.steps + 1
     with tempfile.TemporaryDirectory() as tmp:  # records are never opened: nothing is written
-        configs = seed_configs(args.model, args.batch, run_steps, args)
+        configs = seed_configs(args.model, args.batch, run_steps, seeds, args)
         trainers = [trainer_for(c, data, Path(tmp)) for c in configs]
         if args.worker == "packed":
             packed = PackedTrainer(trainers, configs[0].norm.build, lambda i, s: None)

@@ -50,12 +50,12 @@ BUILT_IN: dict[str, tuple[Style, ...]] = {
 
 # Runs of modes from outside the package take these, in order of their labels, so they never
 # share a colour or marker with a built-in.
+EXTRA_COLORS = ("#7F3C8D", "#3969AC", "#11A579", "#E73F74", "#80BA5A", "#F0E442")
+EXTRA_MARKERS = ("*", "h", "p", "<", ">", "8")
+
 # what the schedules figure draws beside the labels run under several momentum schedules: batch
 # statistics, and Batch Renormalization, which corrects them towards the moving averages
 SCHEDULE_BASELINES = ("batch", "renorm")
-
-EXTRA_COLORS = ("#7F3C8D", "#3969AC", "#11A579", "#E73F74", "#80BA5A", "#F0E442")
-EXTRA_MARKERS = ("*", "h", "p", "<", ">", "8")
 
 
 def styles() -> dict[str, Style]:

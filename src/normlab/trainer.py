@@ -339,7 +339,7 @@ class Trainer:
 
     def _trace_values(self, loss: Tensor) -> Tensor:
         nan = loss.new_tensor(math.nan)
-        biases = _norm([b.detach() for b in self.biases], nan) if self.biases else None
+        biases = _norm([b.detach() for b in self.biases], nan)
         params = _norm([p.detach() for p in self.params], nan)
         return trace_values(loss, params, biases, self.norms.values())
 

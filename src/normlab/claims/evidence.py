@@ -251,7 +251,8 @@ def _untrained_reference(
     study: str, setting: str, size: int | None, label: str, counts: str
 ) -> Comparison:
     nothing = stats.Interval(math.nan, math.nan, math.nan, 0, stats.current_method())
-    detail = f"{label} did not train (on average within 1 pp of chance), nothing to compare"
+    margin = f"{ACCURACY_MARGIN * 100:g} pp"
+    detail = f"{label} did not train (on average within {margin} of chance), nothing to compare"
     detail = f"{detail}; {counts}"
     empty = np.array([], dtype=float)
     return Comparison(study, setting, nothing, detail, size, None, empty, empty)

@@ -111,11 +111,6 @@ def get(name: str) -> Mode:
     return _MODES[name]
 
 
-def styles() -> dict[str, Style]:
-    """Every registered mode's styles by label, in registration order."""
-    return {s.label: s for mode in _MODES.values() for s in mode.styles}
-
-
 # ----------------------------------------------------------------------------- a run's choice
 
 
