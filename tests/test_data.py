@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import random
 import re
 import struct
@@ -166,20 +167,24 @@ def test_mnist1d_cache_is_written_once_and_reused(mnist1d_loaded, monkeypatch):
     import mnist1d.data
 
     dataset, cache_dir = mnist1d_loaded
-    cached = list(cache_dir.iterdir())
-    assert len(cached) == 1 and cached[0].suffix == ".npz"
-    assert "seed42" in cached[0].name and "n5000" in cached[0].name
-    with np.load(cached[0], allow_pickle=False) as archive:
+    cached = sorted(cache_dir.iterdir())
+    (data,) = [path for path in cached if path.suffix == ".npz"]
+    assert "seed42" in data.name and "n5000" in data.name
+    with np.load(data, allow_pickle=False) as archive:
         assert archive["x_train"].shape == (4000, 1, 40)
+    (args,) = [path for path in cached if path.suffix == ".json"]
+    assert json.loads(args.read_text()) == vars(mnist1d.data.get_dataset_args())
 
     def fail(*args, **kwargs):
-        raise AssertionError("make_dataset called despite a cache")
+        raise AssertionError("the generator asked again despite a cache")
 
+    # neither the data nor the generator's arguments are asked of the package again
     monkeypatch.setattr(mnist1d.data, "make_dataset", fail)
+    monkeypatch.setattr(mnist1d.data, "get_dataset_args", fail)
     again = load_dataset("mnist1d", cache_dir=cache_dir)
     assert torch.equal(again.x_train, dataset.x_train)
     assert torch.equal(again.y_val, dataset.y_val)
-    assert list(cache_dir.iterdir()) == cached
+    assert sorted(cache_dir.iterdir()) == cached
 
 
 def test_mnist1d_truncation_keeps_first_examples(mnist1d_loaded):

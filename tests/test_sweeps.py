@@ -105,6 +105,17 @@ def test_joblib_rerun_of_a_finished_sweep_skips_every_run_before_dispatching(tmp
     assert {p: p.stat().st_mtime_ns for p in (results / "runs").rglob("*") if p.is_file()} == stamps
 
 
+def test_a_pool_of_workers_gets_the_longest_jobs_first(cli):
+    grid = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=1", "batch_size=8,2", "seed=0")
+    small = ("steps=null", "epochs=0.03", "num_evals=1", "eval.train_subset=64")
+    result = cli("-m", "sweep=order", *small, *grid)
+    assert result.code == 0, result.err
+    runs = summaries(result.results, "order")
+    assert {r["status"] for r in runs} == {"completed"}
+    started = {s["batch_size"]: s["wall_clock_start"] for s in runs}
+    assert started[2] < started[8], "batch 2 has four times the steps of batch 8: it goes first"
+
+
 @pytest.mark.slow
 def test_preempted_submitit_job_checkpoints_requeues_and_resumes(tmp_path):
     args = ("norm=renorm", "batch_size=8", "steps=1500", "eval_every=50", "threads=1")

@@ -128,6 +128,7 @@ class NormlabLauncher(Launcher):
                             runs[i] = member
                             _report(progress, member)
             elif pending:
+                packs = _longest_first(packs, cfgs)
                 returned = self._launch_elsewhere(
                     [job_overrides[pack[0]] for pack in packs], initial_job_idx, progress, packing
                 )
@@ -263,6 +264,21 @@ def _packs(pending: Sequence[int], cfgs: Sequence[DictConfig]) -> list[list[int]
     for reason in refusals:
         print(f"normlab-train: {reason}: its seeds train one per process", file=sys.stderr)
     return packs
+
+
+def _longest_first(packs: list[list[int]], cfgs: Sequence[DictConfig]) -> list[list[int]]:
+    """The packs in decreasing length, so that a pool of workers finishes together rather than
+    one worker running the longest job alone at the end. A job's length is its steps (or its
+    epochs over its batch size: the jobs of one sweep share a data set) times its ranks."""
+
+    def length(pack: list[int]) -> float:
+        cfg = cfgs[pack[0]]
+        steps = cfg.get("steps")
+        if steps is None:
+            steps = float(cfg.get("epochs") or 1) / int(cfg.get("batch_size") or 1)
+        return float(steps) * int(OmegaConf.select(cfg, "distributed.world_size", default=1))
+
+    return sorted(packs, key=length, reverse=True)
 
 
 def _unpacked(

@@ -5,6 +5,7 @@ over its 5000 train+test examples together); ``root`` and ``download`` do not ap
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -17,6 +18,7 @@ import numpy as np
 from normlab.data.dataset import Arrays, DataError, Dataset, from_arrays
 from normlab.data.files import atomic_file
 from normlab.data.registry import DataSet, register
+from normlab.files import atomic_write_text
 
 
 def load(root: Path, cache_dir: Path, download: bool) -> Dataset:
@@ -27,16 +29,30 @@ register(DataSet("mnist1d", (1, 40), 10, load))
 
 
 def _arrays(cache_dir: Path) -> Arrays:
-    import mnist1d.data  # deferred: it imports matplotlib and requests
-
-    args = mnist1d.data.get_dataset_args()
-    path = _mnist1d_cache_path(cache_dir, vars(args))
+    args = _generator_args(cache_dir)
+    path = _mnist1d_cache_path(cache_dir, args)
     if path.exists():
         return _read_mnist1d_cache(path)
     arrays = _generate_mnist1d(args)
     with atomic_file(path) as file:
         np.savez(file, **dict(zip(_MNIST1D_KEYS, arrays, strict=True)))
     return arrays
+
+
+def _generator_args(cache_dir: Path) -> dict:
+    """The generator's default arguments, read once per ``mnist1d`` version from the package
+    and kept beside the data: importing ``mnist1d.data`` (it imports matplotlib and requests)
+    costs seconds in every process, a data-parallel run's every rank among them."""
+    path = cache_dir / f"mnist1d_args_{metadata.version('mnist1d')}.json"
+    if path.exists():
+        with contextlib.suppress(OSError, ValueError):
+            return json.loads(path.read_text())
+    import mnist1d.data
+
+    args = vars(mnist1d.data.get_dataset_args())
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(args, sort_keys=True))
+    return args
 
 
 _MNIST1D_KEYS = ("x_train", "y_train", "x_val", "y_val")
@@ -52,14 +68,15 @@ def _mnist1d_cache_path(cache_dir: Path, args: dict) -> Path:
     return cache_dir / f"{name}_{digest}.npz"
 
 
-def _generate_mnist1d(args: object) -> Arrays:
+def _generate_mnist1d(args: dict) -> Arrays:
     import mnist1d.data
+    from mnist1d.utils import ObjectView
 
     # make_dataset reseeds the global RNGs; restore them so loading data never changes the
     # random stream of the run that loads it.
     python_state, numpy_state = random.getstate(), np.random.get_state()
     try:
-        raw = mnist1d.data.make_dataset(args)
+        raw = mnist1d.data.make_dataset(ObjectView(dict(args)))
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)
