@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from normlab.config.schema import DistributedConfig, RunConfig
 from normlab.progress import PROGRESS_DIR
-from normlab.trainer import Trainer, autocast
+from normlab.trainer import Trainer
 
 RENDEZVOUS_DIR = ".rendezvous"
 # how long the other ranks may take to record their own failure after one rank fails
@@ -302,25 +302,16 @@ class DataParallelTrainer(Trainer):
             self.__dict__["_agreed_stop"] = None
         self.__dict__["_local_stop"] = value
 
-    def _train_step(self) -> None:
-        started = time.perf_counter()
-        self.lr = self._apply_schedules()
+    def _batch(self) -> tuple[Tensor, Tensor]:
         index = shard(self.sampler.next_indices(), self.rank.rank, self.rank.world_size)
-        x, y = self.data.x_train[index], self.data.y_train[index]
-        with autocast(self.run, self.device):
-            logits = self.model(x)
-            loss = F.cross_entropy(logits.float(), y, reduction="sum") / self.run.batch_size
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        global_loss = self._sum_over_ranks(loss.detach())
-        if self.run.optim.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.params, self.run.optim.grad_clip)
-        self.optimizer.step()
-        self.window.add(global_loss, logits.detach(), y)
-        if self.trace is not None:
-            self.trace.add(self.step, self._trace_values(global_loss))
-        self.step += 1
-        self.train_seconds += time.perf_counter() - started
+        return self.data.x_train[index], self.data.y_train[index]
+
+    def _loss(self, logits: Tensor, y: Tensor) -> Tensor:
+        """This rank's share of the global batch's mean loss (summed over ranks, it is that)."""
+        return F.cross_entropy(logits.float(), y, reduction="sum") / self.run.batch_size
+
+    def _step_loss(self, loss: Tensor) -> Tensor:
+        return self._sum_over_ranks(loss)
 
     def _sum_over_ranks(self, loss: Tensor) -> Tensor:
         """Sum every gradient, the loss and the ranks' stop flags over the ranks in one

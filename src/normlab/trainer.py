@@ -291,21 +291,32 @@ class Trainer:
     def _train_step(self) -> None:
         started = time.perf_counter()
         self.lr = self._apply_schedules()
-        index = self.sampler.next_indices()
-        x, y = self.data.x_train[index], self.data.y_train[index]
+        x, y = self._batch()
         with autocast(self.run, self.device):
             logits = self.model(x)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = self._loss(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        loss = self._step_loss(loss.detach())
         if self.run.optim.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.params, self.run.optim.grad_clip)
         self.optimizer.step()
-        self.window.add(loss.detach(), logits.detach(), y)
+        self.window.add(loss, logits.detach(), y)
         if self.trace is not None:
-            self.trace.add(self.step, self._trace_values(loss.detach()))
+            self.trace.add(self.step, self._trace_values(loss))
         self.step += 1
         self.train_seconds += time.perf_counter() - started
+
+    def _batch(self) -> tuple[Tensor, Tensor]:
+        index = self.sampler.next_indices()
+        return self.data.x_train[index], self.data.y_train[index]
+
+    def _loss(self, logits: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(logits.float(), y)
+
+    def _step_loss(self, loss: Tensor) -> Tensor:
+        """The step's loss once the gradients are complete (here, as computed)."""
+        return loss
 
     def _apply_schedules(self) -> float:
         values = self._schedule_values(self.step)
