@@ -11,11 +11,14 @@ STUDIES ?= seed_question_mlp seed_question_cnn1d seed_question_mnist_mlp seed_qu
 # the sweeps those studies write (mabn_ghost_mlp adds cells to mabn_mlp's), and the plain sweeps.
 # Not blowup_ramp: its batch runs evaluate with a 0.99-decay EMA that lags the weights (6-8 pp
 # below the same runs under constant momentum), which would confound seed_question's settings.
-SWEEPS ?= $(filter-out mabn_ghost_%,$(STUDIES)) blowup
+SWEEPS ?= $(filter-out mabn_ghost_%,$(STUDIES)) blowup $(GPU_SWEEPS)
+# The images-per-GPU study (docs/distributed.md): plain sweeps at a fixed learning rate, one job
+# at a time (a run's ranks fill the cores).
+GPU_SWEEPS := images_per_gpu_mlp images_per_gpu_cnn1d
 # MNIST-5k and the other real-image data sets are looked for here (data=mnist_5k ...)
 export NORMLAB_DATA ?= $(abspath ../shared/data)
 
-.PHONY: venv run study studies blowup claims overview test test-fast lint format bench
+.PHONY: venv run study studies blowup images-per-gpu claims overview test test-fast lint format bench
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,11 +49,15 @@ study: $(STAMP)
 # Every committed study, then the claims table over all of them.
 studies: $(STAMP)
 	for s in $(STUDIES); do $(VENV)/bin/normlab-study $$s hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) || exit 1; done
-	$(MAKE) blowup claims overview
+	$(MAKE) blowup images-per-gpu claims overview
 
 blowup: $(STAMP)
 	$(VENV)/bin/normlab-train -m +experiment=blowup hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)
 	$(VENV)/bin/normlab-plot results/runs/blowup --out results/figures/blowup
+
+images-per-gpu: $(STAMP)
+	for s in $(GPU_SWEEPS); do $(VENV)/bin/normlab-train -m +experiment=$$s || exit 1; done
+	$(VENV)/bin/normlab-plot $(addprefix results/runs/,$(GPU_SWEEPS)) --out results/figures/images_per_gpu
 
 # The four seed-question studies in one set of figures: FC and conv nets on one values-per-channel scale.
 SEED_STUDIES := $(filter seed_question_%,$(STUDIES))

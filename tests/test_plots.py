@@ -765,6 +765,7 @@ def test_ghost_batch_frame(ghost_results, runs):
         ("lr=0.1", 32, 32, "batch"),
         ("lr=0.1", 64, 8, "batch (ghost)"),
     ]
+    assert set(eval_mode["norm_mode"]) == {"batch"}, "ghost and whole-batch runs: one mode"
     v4 = row(eval_mode, setting="lr=0.1", batch_size=32, statistics_batch_size=4)
     assert interval(v4) == close(t95([0.70, 0.74]))
     assert v4["n"] == 2
@@ -790,6 +791,27 @@ def test_ghost_batch_frame(ghost_results, runs):
     assert list(main["statistics_batch_size"]) == [8, 32] and set(main["setting"]) == {""}
     assert list(main["mean"]) == [pytest.approx(0.78), pytest.approx(0.82)]
     assert list(main["n"]) == [1, 2]
+
+
+def test_ghost_batch_figure_draws_a_line_per_mode(ghost_results):
+    """A mode's ghost and whole-batch points on one line; another mode (GroupNorm per device in
+    a data-parallel study) on its own, never joined to the first."""
+    from normlab.plots import draw
+    from normlab.plots.ghost import _draw_panel
+    from normlab.plots.style import new_figure
+
+    frame = plots.ghost_batch_frame(load_runs(ghost_results))
+    part = frame.loc[(frame["setting"] == "lr=0.1") & (frame["batch_size"] == 32)]
+    shifted = {column: part[column] - 0.3 for column in ("mean", "low", "high")}
+    group = part.assign(mode="group", norm_mode="group", **shifted)
+    part = pd.concat([part, group], ignore_index=True)
+    _, axes = new_figure(1)
+    _draw_panel(axes[0, 0], part, draw.palette_of(part))
+    grey = [line for line in axes[0, 0].get_lines() if line.get_color() == "0.5"]
+    solid = [line for line in grey if line.get_linestyle() == "-"]
+    assert [list(line.get_xdata()) for line in solid] == [[4.0, 8.0, 32.0]] * 2
+    ends = sorted(line.get_ydata()[-1] for line in solid)
+    assert ends == close([52.0, 82.0]), "each ends at its mode's whole batch (0.82, or 0.3 less)"
 
 
 def test_summary_table_with_precise_statistics(precise_results, runs, tmp_path):

@@ -321,9 +321,11 @@ def ghost_runs(runs: pd.DataFrame) -> pd.DataFrame:
 def ghost_batch_frame(runs: pd.DataFrame) -> pd.DataFrame:
     """For :func:`ghost_runs`: final ``val_acc_eval`` and ``val_acc_train_mode`` per (setting,
     batch size, statistics batch size, label), long (one row per metric); see
-    :func:`final_stats`."""
+    :func:`final_stats`. ``norm_mode`` is the mode behind each label (a line joins a mode's
+    ghost and whole-batch points)."""
     used = ghost_runs(runs)
-    by = ["setting", "setting_order", "batch_size", "statistics_batch_size", "mode"]
+    used = used.assign(norm_mode=column_of(used, "config.norm.mode").astype(str))
+    by = ["setting", "setting_order", "batch_size", "statistics_batch_size", "mode", "norm_mode"]
     frames = []
     for metric in ("val_acc_eval", "val_acc_train_mode"):
         frame = final_stats(used, metric, by).assign(metric=metric)

@@ -27,7 +27,7 @@ def plot_ghost_batch(runs: pd.DataFrame, metrics: pd.DataFrame | None = None) ->
     frame = ghost_batch_frame(runs)
     colors = draw.palette_of(frame)
     settings, sizes = settings_of(used), sorted(set(used["batch_size"]))
-    figure, axes = new_figure(len(sizes), len(settings), sharey=True)
+    figure, axes = new_figure(len(sizes), len(settings), sharey="row")
     for row_axes, setting in zip(axes, settings, strict=True):
         labelled = False
         for ax, size in zip(row_axes, sizes, strict=True):
@@ -54,18 +54,20 @@ def plot_ghost_batch(runs: pd.DataFrame, metrics: pd.DataFrame | None = None) ->
 
 
 def _draw_panel(ax, part: pd.DataFrame, colors) -> None:
-    """Each metric: one line through all points (the statistics batch size is the axis), each
-    label's points with their error bars."""
+    """Each metric: a line through each normalization mode's points (the statistics batch size
+    is the axis; ghost and whole-batch labels of one mode on one line), each label's points
+    with their error bars."""
     for metric, linestyle, marker_style in METRICS:
         points = part.loc[part["metric"] == metric].sort_values("statistics_batch_size")
-        drawn = points.loc[points["mean"].notna()]
-        ax.plot(
-            drawn["statistics_batch_size"].to_numpy(float),
-            drawn["mean"].to_numpy(float) * 100.0,
-            color="0.5",
-            linestyle=linestyle,
-            linewidth=0.8,
-        )
+        for _, family in points.groupby("norm_mode", sort=False):
+            drawn = family.loc[family["mean"].notna()]
+            ax.plot(
+                drawn["statistics_batch_size"].to_numpy(float),
+                drawn["mean"].to_numpy(float) * 100.0,
+                color="0.5",
+                linestyle=linestyle,
+                linewidth=0.8,
+            )
         for mode, group in points.groupby("mode", sort=False):
             draw.errorbars(
                 ax, group, "statistics_batch_size", 100.0, colors[mode], "", **marker_style
