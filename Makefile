@@ -8,13 +8,13 @@ QUICK ?= seed_question_quick
 LOCAL ?= results/local
 STUDY ?= seed_question_mlp
 STUDIES ?= seed_question_mlp seed_question_cnn1d seed_question_mnist_mlp seed_question_mnist_cnn renorm_non_iid_mlp renorm_non_iid_cnn1d switch_point_mlp switch_point_cnn1d mabn_mlp mabn_ghost_mlp mabn_cnn1d mabn_ghost_cnn1d
+# The images-per-GPU study (docs/distributed.md): plain sweeps at a fixed learning rate, one job
+# at a time (a run's ranks fill the cores).
+GPU_SWEEPS := images_per_gpu_mlp images_per_gpu_cnn1d
 # the sweeps those studies write (mabn_ghost_mlp adds cells to mabn_mlp's), and the plain sweeps.
 # Not blowup_ramp: its batch runs evaluate with a 0.99-decay EMA that lags the weights (6-8 pp
 # below the same runs under constant momentum), which would confound seed_question's settings.
 SWEEPS ?= $(filter-out mabn_ghost_%,$(STUDIES)) blowup $(GPU_SWEEPS)
-# The images-per-GPU study (docs/distributed.md): plain sweeps at a fixed learning rate, one job
-# at a time (a run's ranks fill the cores).
-GPU_SWEEPS := images_per_gpu_mlp images_per_gpu_cnn1d
 # MNIST-5k and the other real-image data sets are looked for here (data=mnist_5k ...)
 export NORMLAB_DATA ?= $(abspath ../shared/data)
 

@@ -252,8 +252,10 @@ def _untrained_reference(
 ) -> Comparison:
     nothing = stats.Interval(math.nan, math.nan, math.nan, 0, stats.current_method())
     margin = f"{ACCURACY_MARGIN * 100:g} pp"
-    detail = f"{label} did not train (on average within {margin} of chance), nothing to compare"
-    detail = f"{detail}; {counts}"
+    detail = (
+        f"{label} did not train (on average within {margin} of chance), nothing to compare; "
+        f"{counts}"
+    )
     empty = np.array([], dtype=float)
     return Comparison(study, setting, nothing, detail, size, None, empty, empty)
 
