@@ -136,13 +136,25 @@ def test_lr_factors_pack_with_each_seeds_own_learning_rate(compose_config):
             )
 
 
-def test_a_diverging_seed_stops_alone(compose_config):
+def test_a_diverging_seed_stops_alone(compose_config, monkeypatch):
     """Seed 1 at a huge learning rate diverges and is recorded so at its own step; the other
-    two train on exactly as in a pack without it."""
+    two train on exactly as in a pack without it, and from then on in a pack of two."""
+    from normlab import packed_trainer
+
+    widths = []
+    step = packed_trainer.PackedTrainer._train_step
+
+    def counted(self):
+        widths.append(self.seeds)
+        step(self)
+
+    monkeypatch.setattr(packed_trainer.PackedTrainer, "_train_step", counted)
     huge = ["optim.lr=1e6", "steps=8"]
     cfgs = [compose_config(*TINY, *huge, f"optim.lr_factor={f}") for f in (1e-6, 1.0, 2e-6)]
     packed = run_seeds(cfgs)
     assert [s["status"] for s in packed] == ["completed", "diverged", "completed"]
+    stopped = packed[1]["steps"]
+    assert 0 < stopped < 8 and widths == [3] * stopped + [2] * (8 - stopped)
     alone = run(compose_config(*TINY, *huge, "optim.lr_factor=1.0", "sweep=alone"))
     for key in ("status", "steps", "divergence_step", "divergence_signal", "run_id"):
         assert packed[1][key] == alone[key]

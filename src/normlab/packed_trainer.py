@@ -9,8 +9,8 @@ first's by a constant factor (a study's selection stage), applied to its slice o
 and AdamW steps are linear in the learning rate. Whenever a row, a divergence check or a
 checkpoint falls due, each seed's slice is copied into its own model and optimizer and its own
 trainer logs, evaluates and checkpoints exactly as unpacked. A seed that diverges stops alone:
-its row and record are written at that step, and its slice is restored after every later step
-(parameters, buffers, optimizer state), so neither the step, weight decay nor momentum moves it.
+its row and record are written at that step, and the seeds still running are packed again
+without it (a narrower model), so nothing moves it and its slice costs no later step.
 """
 
 from __future__ import annotations
@@ -60,24 +60,35 @@ class PackedTrainer:
         steps = {t.step for t in trainers}
         if len(steps) != 1:
             raise ValueError(f"packed seeds must start at one step, got {sorted(steps)}")
-        self.trainers, self.finished = list(trainers), finished
+        self.trainers, self.finished, self.norm = list(trainers), finished, norm
         first = self.trainers[0]
-        self.run, self.data, self.device = first.run, first.data, first.device
-        self.seeds, self.step, self.total = len(trainers), first.step, first.total
-        self.active = [True] * self.seeds
-        models = [t.model for t in self.trainers]
-        self.model = pack_model(models, norm).to(self.device)
-        self.pack = Pack(self.model, models, self.active)
+        self.data, self.device = first.data, first.device
+        self.step, self.total = first.step, first.total
+        self.members = list(range(len(self.trainers)))  # the running seeds, in pack order
+        for t in self.trainers:
+            t.progress = _Quiet()
+        self._pack()
+        self.stop_signal: str | None = None
+
+    def _pack(self) -> None:
+        """The running seeds' models, optimizer states and pending losses into one packed
+        model, seed ``s`` of the pack being ``self.trainers[self.members[s]]``."""
+        trainers = [self.trainers[i] for i in self.members]
+        first = trainers[0]
+        self.run, self.seeds = first.run, len(trainers)
+        models = [t.model for t in trainers]
+        self.model = pack_model(models, self.norm).to(self.device)
+        self.pack = Pack(self.model, models)
         for seed in range(self.seeds):
             self.pack.load_seed(seed)
         self.optimizer = build_optimizer(self.model, self.run, fused=True)
-        self.pack.load_optimizer(self.optimizer, [t.optimizer for t in self.trainers])
+        self.pack.load_optimizer(self.optimizer, [t.optimizer for t in trainers])
         self.params = list(self.model.parameters())
         names = {id(p): n for n, p in first.model.named_parameters()}
         self.biases = [self.pack.params[names[id(b)]] for b in first.biases]
         self.norms = norm_layers(self.model)
         self.schedules = prepare_norms(self.run, self.norms.values())
-        ratios = [t.base_lr / first.base_lr for t in self.trainers]
+        ratios = [t.base_lr / first.base_lr for t in trainers]
         self.lr_ratios = (
             None if all(r == 1.0 for r in ratios) else torch.tensor(ratios, device=self.device)
         )
@@ -85,21 +96,19 @@ class PackedTrainer:
         self.window = Window(
             pending_losses=[
                 torch.stack(column)
-                for column in zip(*(t.window.pending_losses for t in self.trainers), strict=True)
+                for column in zip(*(t.window.pending_losses for t in trainers), strict=True)
             ]
         )
-        for t in self.trainers:
+        for t in trainers:
             t.window.pending_losses = []
-            t.progress = _Quiet()
-        self.stop_signal: str | None = None
+        self.model.train()
 
     # ------------------------------------------------------------------ loop
 
     def fit(self) -> None:
         first = self.trainers[0]
-        label = f"{first.record.run_dir.name} (+{self.seeds - 1} seeds)"
+        label = f"{first.record.run_dir.name} (+{len(self.trainers) - 1} seeds)"
         self.progress = RunProgress(self.total, label, self.run.progress, initial=self.step)
-        self.model.train()
         try:
             with SignalGuard(self) as signals:
                 for index, trainer in self._running():
@@ -107,7 +116,7 @@ class PackedTrainer:
                         self._sync(index)
                         trainer._log_row()
                 signals.dispatch()
-                while self.step < self.total and any(self.active) and not self.stop_signal:
+                while self.step < self.total and self.members and not self.stop_signal:
                     self._iteration()
                     signals.dispatch()
                 if self.stop_signal:
@@ -119,7 +128,7 @@ class PackedTrainer:
             self.progress.close()
         for index, trainer in self._running():
             trainer.stop_signal = self.stop_signal
-            self._end(index)
+            self._finish(index)
 
     def _sync_after_failure(self) -> None:
         """What each running seed had done when the pack failed, into its own trainer, for
@@ -129,11 +138,12 @@ class PackedTrainer:
                 self._sync(index)
 
     def _running(self) -> list[tuple[int, Trainer]]:
-        return [(i, t) for i, t in enumerate(self.trainers) if self.active[i]]
+        """The running seeds: (place in the pack, trainer)."""
+        return [(s, self.trainers[i]) for s, i in enumerate(self.members)]
 
     def _iteration(self) -> None:
         self._train_step()
-        log_due, check_due = self.trainers[0].due(self.step)
+        log_due, check_due = self.trainers[self.members[0]].due(self.step)
         if check_due:
             self._check_divergence()
         if log_due:
@@ -143,10 +153,10 @@ class PackedTrainer:
 
     def _train_step(self) -> None:
         started = time.perf_counter()
-        first = self.trainers[0]
+        first = self.trainers[self.members[0]]
         values = first._schedule_values(self.step)
         apply_step_values(values, self.optimizer, self.schedules, self.norms.values())
-        index = torch.stack([t.sampler.next_indices() for t in self.trainers])
+        index = torch.stack([t.sampler.next_indices() for _, t in self._running()])
         x, y = self._inputs(index), self.data.y_train[index]
         with autocast(self.run, self.device):
             logits = self.model(x).view(y.shape[1], self.seeds, -1)
@@ -157,13 +167,11 @@ class PackedTrainer:
         if self.run.optim.grad_clip is not None:
             self._clip_per_seed(self.run.optim.grad_clip)
         self._optimizer_step()
-        for stopped in (i for i, running in enumerate(self.active) if not running):
-            self._restore(stopped)
         self.window.add(losses.detach(), logits.detach(), y.T)
         if first.trace is not None:
             self._trace(losses.detach())
         self.step += 1
-        share = (time.perf_counter() - started) / sum(self.active)
+        share = (time.perf_counter() - started) / self.seeds
         for _, trainer in self._running():  # each seed's share of the packed step
             trainer.train_seconds += share
 
@@ -193,11 +201,6 @@ class PackedTrainer:
                 delta.mul_(self.lr_ratios.unsqueeze(1))
                 param.add_(old)
 
-    def _restore(self, index: int) -> None:
-        """A stopped seed's slice as it stopped: parameters, buffers, optimizer state."""
-        self.pack.load_seed(index, shared=False)
-        self.pack.restore_optimizer(self.optimizer, index, self.trainers[index].optimizer)
-
     # ------------------------------------------------------------------ per-seed measurements
 
     def _flush_window(self) -> None:
@@ -219,18 +222,31 @@ class PackedTrainer:
     def _check_divergence(self) -> None:
         losses = self.window.drain_losses()  # a list per seed
         norms = self.pack.per_seed_norms(self.params).tolist()
+        diverged = []
         for index, trainer in self._running():
             trainer.detect_divergence(losses[index] if losses else [], norms[index], self.step)
             if trainer.divergence is not None:
                 self._sync(index)
                 trainer.log_divergence_row()
-                self._end(index)
+                self._finish(index)
+                diverged.append(index)
         if losses:
             self.progress.update(self.step, loss=losses[0][-1])
+        if diverged:
+            self._without(diverged)
+
+    def _without(self, stopped: list[int]) -> None:
+        """Pack the running seeds again without the ``stopped`` ones (places in the pack)."""
+        for index, _ in self._running():
+            if index not in stopped:
+                self._sync(index)
+        self.members = [i for s, i in enumerate(self.members) if s not in stopped]
+        if self.members:
+            self._pack()
 
     def _sync(self, index: int) -> None:
         """Seed ``index``'s slice and everything measured since into its own trainer."""
-        trainer = self.trainers[index]
+        trainer = self.trainers[self.members[index]]
         self.pack.store_seed(index)
         self.pack.store_optimizer(self.optimizer, index, trainer.optimizer)
         ratio = 1.0 if self.lr_ratios is None else float(self.lr_ratios[index])
@@ -245,11 +261,12 @@ class PackedTrainer:
             values = trainer._schedule_values(self.step - 1)
             apply_layer_values(values, trainer.schedules, trainer.norms.values())
 
-    def _end(self, index: int) -> None:
-        """Seed ``index``'s run is over: it stops, and its summary goes to ``finished``."""
+    def _finish(self, index: int) -> None:
+        """The run of the seed at place ``index`` is over: its summary goes to ``finished``."""
         self._sync(index)
-        self.active[index] = False
-        self.finished(index, {**self.trainers[index].summary(), "packed_runs": self.seeds})
+        member = self.members[index]
+        summary = {**self.trainers[member].summary(), "packed_runs": len(self.trainers)}
+        self.finished(member, summary)
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -58,14 +58,17 @@ class PackedLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(seeds * out_features)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
+        # weight @ inputs, not inputs @ weight.T: the weight's gradient comes out of the
+        # batched matmul in the parameter's own layout, with no copy of the weights per step
         batch = x.shape[0]
-        inputs = x.view(batch, self.seeds, self.in_features).transpose(0, 1)
-        weight = self.weight.view(self.seeds, self.out_features, self.in_features).transpose(1, 2)
+        inputs = x.view(batch, self.seeds, self.in_features).permute(1, 2, 0)
+        weight = self.weight.view(self.seeds, self.out_features, self.in_features)
         if self.bias is None:
-            out = torch.bmm(inputs, weight)
+            out = torch.bmm(weight, inputs)
         else:
-            out = torch.baddbmm(self.bias.view(self.seeds, 1, self.out_features), inputs, weight)
-        return out.transpose(0, 1).reshape(batch, self.seeds * self.out_features)
+            out = torch.baddbmm(self.bias.view(self.seeds, self.out_features, 1), weight, inputs)
+        # contiguous: the compiled norm steps take (B, C) rows, not this transposed view
+        return out.permute(2, 0, 1).reshape(batch, -1).contiguous()
 
     def extra_repr(self) -> str:
         bias = self.bias is not None
@@ -74,13 +77,13 @@ class PackedLinear(nn.Module):
 
 class PackedDiagnostics(NormDiagnostics):
     """A packed norm layer's diagnostics: the layer records its ``S * C`` channels as usual, and
-    each fold hands every active seed its own channels' records (``seeds[s]``, that seed's
+    each fold hands every seed its own channels' records (``seeds[s]``, that seed's
     unpacked layer's diagnostics, which its record then reads as an unpacked run would)."""
 
-    def __init__(self, seeds: list[NormDiagnostics], active: list[bool]) -> None:
+    def __init__(self, seeds: list[NormDiagnostics]) -> None:
         first = seeds[0]
         super().__init__(len(seeds) * first.num_features, first.clip_fields)
-        self.seeds, self.active = seeds, active
+        self.seeds = seeds
 
     @torch.no_grad()
     def _fold(self) -> None:
@@ -89,8 +92,7 @@ class PackedDiagnostics(NormDiagnostics):
         raw = self._buffer[: self._pending]
         per_seed = raw.view(*raw.shape[:2], len(self.seeds), -1)
         for index, diagnostics in enumerate(self.seeds):
-            if self.active[index]:
-                diagnostics.add_steps(per_seed[:, :, index].contiguous(), self._pending_eps)
+            diagnostics.add_steps(per_seed[:, :, index].contiguous(), self._pending_eps)
         self._pending = 0
 
 
@@ -167,11 +169,8 @@ class Pack:
     """A packed model and its seeds' unpacked models, tensor by tensor: what moves a seed's
     parameters, gradients, buffers and optimizer state into its slice and back."""
 
-    def __init__(
-        self, packed: nn.Module, models: Sequence[nn.Module], active: list[bool] | None = None
-    ) -> None:
+    def __init__(self, packed: nn.Module, models: Sequence[nn.Module]) -> None:
         self.model, self.models, self.seeds = packed, list(models), len(models)
-        self.active = active if active is not None else [True] * self.seeds
         self.params = dict(packed.named_parameters())
         self.buffers = dict(packed.named_buffers())
         self.seed_params = [dict(m.named_parameters()) for m in self.models]
@@ -190,7 +189,7 @@ class Pack:
         for name, layer in self.model.named_modules():
             if isinstance(layer, RunningStatsNorm):
                 seeds = [modules[name].diagnostics for modules in layers]
-                layer.diagnostics = PackedDiagnostics(seeds, self.active)
+                layer.diagnostics = PackedDiagnostics(seeds)
                 layer.diagnostics.compiled = layer.compiled_step
 
     def seed_slice(self, tensor: Tensor, dim: int | None, seed: int) -> Tensor:
@@ -199,14 +198,19 @@ class Pack:
         return tensor.chunk(self.seeds, dim)[seed]
 
     @torch.no_grad()
-    def load_seed(self, seed: int, shared: bool = True) -> None:
-        """Seed ``seed``'s parameters and buffers into its slice; with ``shared``, the buffers
-        all seeds share (a step counter) too, from the first seed."""
+    def load_seed(self, seed: int) -> None:
+        """Seed ``seed``'s parameters, gradients and buffers into its slice (the buffers all
+        seeds share, a step counter, from the first seed)."""
         for name, param in self.params.items():
-            self.seed_slice(param, 0, seed).copy_(self.seed_params[seed][name])
+            own = self.seed_params[seed][name]
+            self.seed_slice(param, 0, seed).copy_(own)
+            if own.grad is not None:
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
+                self.seed_slice(param.grad, 0, seed).copy_(own.grad)
         for name, buffer in self.buffers.items():
             dim = self.buffer_dims[name]
-            if dim is not None or (shared and seed == 0):
+            if dim is not None or seed == 0:
                 self.seed_slice(buffer, dim, seed).copy_(self.seed_buffers[seed][name])
 
     @torch.no_grad()
@@ -262,19 +266,6 @@ class Pack:
                 else _copy(value)
                 for key, value in state.items()
             }
-
-    @torch.no_grad()
-    def restore_optimizer(
-        self, packed: torch.optim.Optimizer, seed: int, optimizer: torch.optim.Optimizer
-    ) -> None:
-        """Seed ``seed``'s own optimizer state back into its slice (a frozen seed)."""
-        for name, param in self.params.items():
-            state, own = packed.state.get(param), optimizer.state.get(self.seed_params[seed][name])
-            if not state or not own:
-                continue
-            for key, value in state.items():
-                if isinstance(value, Tensor) and value.shape == param.shape:
-                    self.seed_slice(value, 0, seed).copy_(own[key])
 
     def per_seed_norms(self, tensors: Sequence[Tensor]) -> Tensor:
         """The Euclidean norm of each seed's slices of ``tensors`` (all stacked along dim 0)."""
