@@ -171,6 +171,19 @@ def test_a_diverging_seed_stops_alone(compose_config, monkeypatch):
         assert all(math.isfinite(v) for v in a["param_norm"])
 
 
+def test_the_last_seed_running_trains_on_as_its_own_run(compose_config):
+    """The first seed diverges and leaves one: that one trains on alone, at its own learning
+    rate (no longer a factor of the first's), as its unpacked run does."""
+    huge = ["optim.lr=1e6", "steps=8"]
+    cfgs = [compose_config(*TINY, *huge, f"optim.lr_factor={f}") for f in (1.0, 1e-6)]
+    packed = run_seeds(cfgs)
+    assert [s["status"] for s in packed] == ["diverged", "completed"]
+    alone = run(compose_config(*TINY, *huge, "optim.lr_factor=1e-6", "sweep=alone"))
+    a, b = _metrics(packed[1]["run_dir"]), _metrics(alone["run_dir"])
+    numbers = [c for c in b.columns if not c.endswith("_seconds")]
+    pd.testing.assert_frame_equal(a[numbers], b[numbers], rtol=1e-4, atol=1e-5)
+
+
 def test_resume_after_a_kill_resumes_every_seed(compose_config, monkeypatch):
     """A pack killed after its first checkpoint resumes each seed from its own checkpoint and
     ends with the numbers of a pack never stopped."""

@@ -177,7 +177,8 @@ class Pack:
         self.seed_buffers = [dict(m.named_buffers()) for m in self.models]
         first_params, first_buffers = self.seed_params[0], self.seed_buffers[0]
         for name, param in self.params.items():
-            if seed_dim(param, first_params[name], self.seeds) != 0:
+            # one seed (the last one running) is its own stack
+            if self.seeds > 1 and seed_dim(param, first_params[name], self.seeds) != 0:
                 raise ValueError(f"parameter {name} does not stack its seeds along dim 0")
         self.buffer_dims = {
             name: seed_dim(b, first_buffers[name], self.seeds) for name, b in self.buffers.items()
