@@ -28,8 +28,9 @@ HERE = {
 }
 
 
-def _write(root, values):
-    """``None`` for a run that diverged."""
+def _write(root, values, momentum=None):
+    """``None`` for a run that diverged; ``momentum``: (mode, batch size, seed) -> the kind of
+    momentum schedule of that run, where given."""
     for (mode, size, seed), accuracy in values.items():
         config = {
             "norm": norm_node(mode),
@@ -38,6 +39,8 @@ def _write(root, values):
             "data": {"name": "mnist1d", "sampler": "iid"},
             "model": {"name": "mlp"},
         }
+        if momentum and (mode, size, seed) in momentum:
+            config["momentum"] = {"kind": momentum[(mode, size, seed)]}
         summary = {
             "status": "completed" if accuracy is not None else "diverged",
             "norm": mode,
@@ -50,7 +53,8 @@ def _write(root, values):
         if accuracy is None:
             last["loss"] = float("inf")
         rows = [{"step": 0, "val_acc_eval": 0.1}, {"step": 10, **last}]
-        write_record(root, "quick", f"{mode}-bs{size}-s{seed}", config, summary, rows)
+        kind = (momentum or {}).get((mode, size, seed), "")
+        write_record(root, "quick", f"{mode}-bs{size}-s{seed}{kind}", config, summary, rows)
     return root / "runs" / "quick"
 
 
@@ -81,6 +85,25 @@ def test_a_cell_whose_seeds_all_diverged_on_both_sides_reproduces(tmp_path):
     frame = reproduction_frame(here, committed).set_index("batch_size")
     assert bool(frame.loc[1, "within"]) and frame.loc[1, "diverged"] == "3/3"
     assert not bool(frame.loc[2, "within"])  # 1/3 diverged here, 3/3 committed
+
+
+def test_a_rerun_of_part_of_a_sweep_meets_its_cells(tmp_path):
+    """The committed sweep also holds runs of another momentum schedule (another preset grew
+    it), so there its batch-4 cell is labelled momentum=constant; the rerun has only constant
+    momentum and still meets that cell, not the cumulative one."""
+    constant = {key: "constant" for key in COMMITTED}
+    cumulative = {("batch", 4, s): 0.30 for s in range(3)}
+    committed = load_runs(
+        _write(
+            tmp_path / "committed",
+            {**COMMITTED, **{(m, b, s + 10): v for (m, b, s), v in cumulative.items()}},
+            {**constant, **{(m, b, s + 10): "cumulative" for (m, b, s) in cumulative}},
+        )
+    )
+    here = load_runs(_write(tmp_path / "here", HERE, {key: "constant" for key in HERE}))
+    frame = reproduction_frame(here, committed).set_index("batch_size")
+    assert list(frame.index) == [4, 32] and set(frame["setting"]) == {"momentum=constant"}
+    assert frame.loc[4, "reference_mean"] == pytest.approx(0.62)  # the three constant seeds
 
 
 def test_the_cli_writes_the_table_and_the_figure(tmp_path, capsys):

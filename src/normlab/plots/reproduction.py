@@ -24,6 +24,7 @@ from normlab.tables import to_markdown
 
 KEYS = ["mode", "batch_size", "setting"]
 METRIC = "val_acc_eval"
+SIDE = "reproduction_side"  # which of the two sets a run belongs to, while they are labelled
 # what each side's records say of where they came from (normlab.provenance, the trainer)
 ORIGINS = {
     "commit": "commit",
@@ -43,13 +44,28 @@ def _final(runs: pd.DataFrame) -> pd.DataFrame:
     return used.assign(value=pd.to_numeric(used.get(METRIC), errors="coerce"))
 
 
+def _finals(local: pd.DataFrame, reference: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both sets' final accuracies, their settings labelled over the two together: a key that
+    varies in either names the setting in both, so a rerun of part of a sweep (without the
+    cells of another preset that grew it) still meets its cells."""
+    sides = [
+        runs.assign(**{SIDE: side, "run_id": f"{side}:" + runs["run_id"].astype(str)})
+        for side, runs in (("local", local), ("reference", reference))
+        if not runs.empty
+    ]
+    if len(sides) < 2:
+        return _final(local), _final(reference)
+    both = _final(pd.concat(sides, ignore_index=True))
+    return both.loc[both[SIDE] == "local"], both.loc[both[SIDE] == "reference"]
+
+
 def reproduction_frame(local: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
     """Per (label, batch size, setting) present in both: each set's mean final accuracy and
     95 % interval over its non-diverged seeds, their diverged counts, the per-seed difference
     (this machine minus the reference) with its interval, and ``within``: whether this machine's
     mean lies inside the reference interval, or every seed diverged on both sides (the same
     outcome, with no accuracy to compare)."""
-    mine, theirs = _final(local), _final(reference)
+    mine, theirs = _finals(local, reference)
     rows = []
     for key, group in mine.groupby(KEYS, sort=False):
         other = theirs.loc[(theirs[KEYS] == pd.Series(key, index=KEYS)).all(axis=1)]
