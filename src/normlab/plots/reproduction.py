@@ -48,13 +48,12 @@ def _finals(local: pd.DataFrame, reference: pd.DataFrame) -> tuple[pd.DataFrame,
     """Both sets' final accuracies, their settings labelled over the two together: a key that
     varies in either names the setting in both, so a rerun of part of a sweep (without the
     cells of another preset that grew it) still meets its cells."""
+    if local.empty or reference.empty:
+        return _final(local), _final(reference)
     sides = [
         runs.assign(**{SIDE: side, "run_id": f"{side}:" + runs["run_id"].astype(str)})
         for side, runs in (("local", local), ("reference", reference))
-        if not runs.empty
     ]
-    if len(sides) < 2:
-        return _final(local), _final(reference)
     both = _final(pd.concat(sides, ignore_index=True))
     return both.loc[both[SIDE] == "local"], both.loc[both[SIDE] == "reference"]
 
