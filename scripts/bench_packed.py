@@ -12,7 +12,10 @@ default ``normlab-train`` config otherwise) and batch size, the same ``--seeds``
 Each process times only its training steps, after ``--warmup`` untimed ones (Python start,
 imports and building the models are left out: they favour packing further). The table gives
 seed-steps per second (every seed's steps over the wall time of the slowest worker) and their
-ratio; steps and eval_every lie past the timed steps, so no evaluation falls inside them.
+ratio; steps and eval_every lie past the timed steps, so no evaluation falls inside them. Each
+row runs ``--repeats`` packed/alone pairs one after the other and reports the medians (the
+speedup: the median of the pairs' ratios, each pair's printed as it runs): a VM's speed drifts
+by ±10 % from one minute to the next, more than a single pair can tell from a real change.
 
     python scripts/bench_packed.py                    # CPU, 5 seeds, 2 threads
     python scripts/bench_packed.py --device cuda --seeds 64 --threads 1
@@ -24,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -130,6 +134,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="total threads of either side")
     parser.add_argument("--steps", type=int, default=200, help="timed steps per seed")
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="packed/alone pairs per row, alternating"
+    )
     parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--cache", default=".cache/normlab", help="MNIST-1D cache directory")
@@ -144,18 +151,23 @@ def main() -> None:
     seeds = list(range(args.seeds))
     workers = max(1, min(args.threads, args.seeds))
     rows = []
+    shares = [("alone", seeds[w::workers], args.threads // workers) for w in range(workers)]
     for model in args.models.split(","):
         for batch in (int(b) for b in args.batch_sizes.split(",")):
-            packed = run_workers(args, model, batch, [("packed", seeds, args.threads)])
-            alone = run_workers(
-                args,
-                model,
-                batch,
-                [("alone", seeds[w::workers], args.threads // workers) for w in range(workers)],
-            )
+            pairs = [  # alternating, so a drift in the machine's speed meets both sides
+                (
+                    run_workers(args, model, batch, [("packed", seeds, args.threads)]),
+                    run_workers(args, model, batch, shares),
+                )
+                for _ in range(args.repeats)
+            ]
+            packed = statistics.median(p for p, _ in pairs)
+            alone = statistics.median(a for _, a in pairs)
+            speedup = statistics.median(a / p for p, a in pairs)
             total = args.seeds * args.steps
-            rows.append((model, batch, total / alone, total / packed, alone / packed))
-            print(f"{model} at batch {batch}: {alone / packed:.2f}x", file=sys.stderr, flush=True)
+            rows.append((model, batch, total / alone, total / packed, speedup))
+            spread = ", ".join(f"{a / p:.2f}" for p, a in pairs)
+            print(f"{model} at batch {batch}: {speedup:.2f}x ({spread})", file=sys.stderr)
 
     print(
         f"device: {args.device} ({device_name(args.device)}), torch {torch.__version__}, "
@@ -172,7 +184,8 @@ def main() -> None:
         f"thread(s), one seed after another in each (as a joblib sweep runs them); packed: one"
         f"\nprocess of {args.threads} thread(s). seed-steps/s: every seed's timed steps over the "
         "wall time of the slowest process. Both run the real loops (Trainer._iteration,"
-        "\nPackedTrainer._iteration: schedules, step, window, divergence checks), norm=batch."
+        "\nPackedTrainer._iteration: schedules, step, window, divergence checks), norm=batch. "
+        f"Medians of {args.repeats} alternating packed/alone pairs per row."
     )
     at_four = [speedup for _, batch, _, _, speedup in rows if batch == 4]
     if at_four:

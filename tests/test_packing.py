@@ -15,7 +15,7 @@ from normlab.config.identity import run_directory
 from normlab.config.validation import validate
 from normlab.models import build_model
 from normlab.norms import registry
-from normlab.packing import Pack, pack_model
+from normlab.packing import Pack, PackedLinear, pack_model
 from normlab.records import CHECKPOINT_FILE
 from normlab.train import pack_key, run, run_seeds
 
@@ -116,6 +116,25 @@ def test_packed_runs_record_what_their_unpacked_runs_record(compose_config, mode
         pd.testing.assert_frame_equal(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(("batch", "bias"), [(1, True), (4, True), (3, False)])
+def test_packed_linear_is_each_seeds_linear_layer(batch, bias):
+    """Per seed ``x_s @ W_s.T + b_s`` in float64, its backward checked against finite
+    differences (gradcheck) and its output against ``F.linear`` seed by seed."""
+    seeds, fan_in, fan_out = 3, 5, 4
+    layer = PackedLinear(seeds, fan_in, fan_out, bias).double()
+    torch.nn.init.normal_(layer.weight)
+    x = torch.randn(batch, seeds * fan_in, dtype=torch.float64, requires_grad=True)
+    params = (layer.weight, layer.bias) if bias else (layer.weight,)
+    assert torch.autograd.gradcheck(lambda x, *p: layer(x), (x, *params))
+    weights = layer.weight.view(seeds, fan_out, fan_in)
+    biases = layer.bias.view(seeds, fan_out) if bias else [None] * seeds
+    inputs = x.chunk(seeds, 1)
+    expected = torch.cat(
+        [F.linear(x_s, w, b) for x_s, w, b in zip(inputs, weights, biases, strict=True)], dim=1
+    )
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-12)
+
+
 def test_lr_factors_pack_with_each_seeds_own_learning_rate(compose_config):
     """The selection stage packs factors: each run steps with its own learning rate (AdamW
     with weight decay and clipping: every term of the step scales with it)."""
@@ -169,6 +188,29 @@ def test_a_diverging_seed_stops_alone(compose_config, monkeypatch):
         numbers = [c for c in a.columns if not c.endswith("_seconds")]
         pd.testing.assert_frame_equal(a[numbers], b[numbers], rtol=1e-6, atol=1e-7)
         assert all(math.isfinite(v) for v in a["param_norm"])
+
+
+def test_each_seed_is_timed_for_its_share_of_the_steps_it_trained(compose_config, monkeypatch):
+    """With every packed step taking one (fake) second, a seed's train_seconds is the sum of
+    1 / (seeds in the pack) over the steps it trained: k / 3 for the seed that diverged at step
+    k, k / 3 + (8 - k) / 2 for the two that trained on in a pack of two."""
+    from normlab import packed_trainer
+
+    clock = iter(range(10**6))
+
+    class OneSecondSteps:  # _train_step reads the clock twice a step: start, end
+        @staticmethod
+        def perf_counter() -> float:
+            return float(next(clock))
+
+    monkeypatch.setattr(packed_trainer, "time", OneSecondSteps)
+    huge = ["optim.lr=1e6", "steps=8"]
+    cfgs = [compose_config(*TINY, *huge, f"optim.lr_factor={f}") for f in (1e-6, 1.0, 2e-6)]
+    packed = run_seeds(cfgs)
+    k = packed[1]["steps"]
+    assert [s["status"] for s in packed] == ["completed", "diverged", "completed"] and k < 8
+    expected = [k / 3 + (8 - k) / 2, k / 3, k / 3 + (8 - k) / 2]
+    assert [s["train_seconds"] for s in packed] == pytest.approx(expected)
 
 
 def test_the_last_seed_running_trains_on_as_its_own_run(compose_config):

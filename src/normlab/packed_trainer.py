@@ -101,6 +101,9 @@ class PackedTrainer:
         )
         for t in trainers:
             t.window.pending_losses = []
+        # each running seed's share of the packed steps' time, credited to it when it syncs
+        self.seed_seconds = 0.0
+        self.credited = dict.fromkeys(self.members, 0.0)
         self.model.train()
 
     # ------------------------------------------------------------------ loop
@@ -162,7 +165,8 @@ class PackedTrainer:
             logits = self.model(x).view(y.shape[1], self.seeds, -1)
             losses = F.cross_entropy(logits.float().permute(0, 2, 1), y.T, reduction="none")
             losses = losses.mean(dim=0)
-        self.optimizer.zero_grad(set_to_none=True)
+        for param in self.params:  # zero_grad(set_to_none=True) without its wrappers' cost
+            param.grad = None
         losses.sum().backward()
         if self.run.optim.grad_clip is not None:
             self._clip_per_seed(self.run.optim.grad_clip)
@@ -171,9 +175,7 @@ class PackedTrainer:
         if first.trace is not None:
             self._trace(losses.detach())
         self.step += 1
-        share = (time.perf_counter() - started) / self.seeds
-        for _, trainer in self._running():  # each seed's share of the packed step
-            trainer.train_seconds += share
+        self.seed_seconds += (time.perf_counter() - started) / self.seeds
 
     def _inputs(self, index: Tensor) -> Tensor:
         """Seed ``s``'s batch as channel group ``s``: ``(B, S * C, ...)``."""
@@ -246,7 +248,10 @@ class PackedTrainer:
 
     def _sync(self, index: int) -> None:
         """Seed ``index``'s slice and everything measured since into its own trainer."""
-        trainer = self.trainers[self.members[index]]
+        member = self.members[index]
+        trainer = self.trainers[member]
+        trainer.train_seconds += self.seed_seconds - self.credited[member]
+        self.credited[member] = self.seed_seconds
         self.pack.store_seed(index)
         self.pack.store_optimizer(self.optimizer, index, trainer.optimizer)
         ratio = 1.0 if self.lr_ratios is None else float(self.lr_ratios[index])
