@@ -150,7 +150,7 @@ def reproduce(
         report(f"skipping reproduction: no cell of these runs is in {', '.join(map(str, beside))}")
         return []
     written = write_reproduction(frame, out, runs, reference)
-    figure = plot_reproduction(runs, reference)
+    figure = plot_reproduction(frame)
     written += _save(figure, out, "reproduction", formats)
     report(f"{int(frame['within'].sum())} of {len(frame)} cells inside the committed intervals")
     return written

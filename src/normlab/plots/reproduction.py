@@ -167,10 +167,9 @@ def write_reproduction(
 
 
 @styled
-def plot_reproduction(local: pd.DataFrame, reference: pd.DataFrame) -> Figure:
-    """Final accuracy vs batch size: the committed intervals as bands, this machine's means
-    and intervals as markers, a colour per label."""
-    frame = reproduction_frame(local, reference)
+def plot_reproduction(frame: pd.DataFrame) -> Figure:
+    """Final accuracy vs batch size from :func:`reproduction_frame`'s ``frame``: the committed
+    intervals as bands, this machine's means and intervals as markers, a colour per label."""
     if frame.empty:
         raise Skip("no cell of these runs is in the reference runs")
     figure, axes = new_figure(1)
