@@ -9,6 +9,13 @@ default ``normlab-train`` config otherwise) and batch size, the same ``--seeds``
   ``make run``'s joblib sweep runs them: same total threads), each seed trained by the real
   ``Trainer._iteration`` after the other in its worker.
 
+With ``--modes`` naming several modes (a setting's modes, which a sweep packs together), each
+row compares instead, in one process of ``--threads`` threads each:
+
+- **setting**: every mode's seeds in one pack;
+- **by mode**: one pack per mode (its ``--seeds`` seeds), one after another: how a cell's
+  seeds alone would pack.
+
 Each process times only its training steps, after ``--warmup`` untimed ones (Python start,
 imports and building the models are left out: they favour packing further). The table gives
 seed-steps per second (every seed's steps over the wall time of the slowest worker) and their
@@ -19,6 +26,7 @@ by ±10 % from one minute to the next, more than a single pair can tell from a r
 
     python scripts/bench_packed.py                    # CPU, 5 seeds, 2 threads
     python scripts/bench_packed.py --device cuda --seeds 64 --threads 1
+    python scripts/bench_packed.py --modes batch,moving_average,renorm,online,group --threads 1
 """
 
 from __future__ import annotations
@@ -53,21 +61,22 @@ TARGET = 3.0  # at batch sizes <= 16
 
 
 def seed_configs(
-    model: str, batch_size: int, steps: int, seeds: list[int], args
+    model: str, batch_size: int, steps: int, seeds: list[int], mode: str, args
 ) -> list[RunConfig]:
     """The run of each of ``seeds`` in one cell: composed once (Hydra's compose is slow enough
     to matter at 64 seeds), then given each seed."""
     shape = ["model.depth=3", "model.width=128"] if model == "mlp" else []
-    config = compose_run(batch_size, steps, args.device, args.cache, f"model={model}", *shape)
+    groups = ["norm.groups=8"] if mode == "group" else []
+    overrides = (f"model={model}", *shape, f"norm={mode}", *groups)
+    config = compose_run(batch_size, steps, args.device, args.cache, *overrides)
     return [dataclasses.replace(config, seed=seed) for seed in seeds]
 
 
 def trainer_for(config: RunConfig, data: Dataset, record_dir: Path) -> Trainer:
     seed_everything(config.seed)
     model = build_run_model(config, data).to(data.x_train.device)
-    trainer = Trainer(
-        config, data, model, RunRecord(record_dir / str(config.seed)), data.x_train.device
-    )
+    record = RunRecord(record_dir / f"{config.norm.mode}-{config.seed}")
+    trainer = Trainer(config, data, model, record, data.x_train.device)
     trainer.progress = RunProgress(trainer.total, "bench", "off")  # fit() is not used here
     return trainer
 
@@ -94,7 +103,7 @@ def worker(args) -> None:
         configs = seed_configs(args.model, args.batch, run_steps, seeds, args)
         trainers = [trainer_for(c, data, Path(tmp)) for c in configs]
         if args.worker == "packed":
-            packed = PackedTrainer(trainers, configs[0].norm.build, lambda i, s: None)
+            packed = PackedTrainer(trainers, lambda i, s: None)
             packed.progress = RunProgress(packed.total, "bench", "off")
             seconds = timed(packed._iteration, args.warmup, args.steps, args.device)
         else:
@@ -106,6 +115,15 @@ def worker(args) -> None:
     print(json.dumps({"seconds": seconds}))
 
 
+def _iteration(trainers: list[Trainer]):
+    """The training iteration of ``trainers``: the real unpacked one for one seed."""
+    if len(trainers) == 1:
+        return trainers[0]._iteration
+    packed = PackedTrainer(trainers, lambda i, s: None)
+    packed.progress = RunProgress(packed.total, "bench", "off")
+    return packed._iteration
+
+
 def run_workers(args, model: str, batch: int, shares: list[tuple[str, list[int], int]]) -> float:
     """Start one process per share (kind, seeds, threads) at once; the slowest one's seconds."""
     processes = []
@@ -114,7 +132,7 @@ def run_workers(args, model: str, batch: int, shares: list[tuple[str, list[int],
             sys.executable, __file__, "--worker", kind, "--model", model, "--batch", str(batch),
             "--worker-seeds", ",".join(map(str, seeds)), "--threads", str(threads),
             "--steps", str(args.steps), "--warmup", str(args.warmup),
-            "--device", args.device, "--cache", args.cache,
+            "--device", args.device, "--cache", args.cache, "--modes", args.modes,
         ]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         processes.append(subprocess.Popen(command, stdout=subprocess.PIPE, env=env, text=True))
@@ -140,7 +158,10 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--cache", default=".cache/normlab", help="MNIST-1D cache directory")
-    parser.add_argument("--worker", choices=("packed", "alone"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--modes", default="batch", help="several: one pack of them all against one per mode"
+    )
+    parser.add_argument("--worker", choices=("packed", "alone", "bymode"), help=argparse.SUPPRESS)
     parser.add_argument("--worker-seeds", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -149,9 +170,15 @@ def main() -> None:
         worker(args)
         return
     seeds = list(range(args.seeds))
+    modes = args.modes.split(",")
     workers = max(1, min(args.threads, args.seeds))
+    if len(modes) > 1:  # the setting's one pack against one pack per mode, one process each
+        workers, other = 1, "by mode"
+        shares = [("bymode", seeds, args.threads)]
+    else:
+        other = "alone"
+        shares = [("alone", seeds[w::workers], args.threads // workers) for w in range(workers)]
     rows = []
-    shares = [("alone", seeds[w::workers], args.threads // workers) for w in range(workers)]
     for model in args.models.split(","):
         for batch in (int(b) for b in args.batch_sizes.split(",")):
             pairs = [  # alternating, so a drift in the machine's speed meets both sides
@@ -164,28 +191,38 @@ def main() -> None:
             packed = statistics.median(p for p, _ in pairs)
             alone = statistics.median(a for _, a in pairs)
             speedup = statistics.median(a / p for p, a in pairs)
-            total = args.seeds * args.steps
+            total = len(modes) * args.seeds * args.steps
             rows.append((model, batch, total / alone, total / packed, speedup))
             spread = ", ".join(f"{a / p:.2f}" for p, a in pairs)
             print(f"{model} at batch {batch}: {speedup:.2f}x ({spread})", file=sys.stderr)
 
     print(
         f"device: {args.device} ({device_name(args.device)}), torch {torch.__version__}, "
-        f"{args.seeds} seeds, {args.threads} threads on either side, {os.cpu_count()} cores"
+        f"{args.seeds} seeds of {args.modes}, {args.threads} threads on either side, "
+        f"{os.cpu_count()} cores"
     )
     print(f"{args.steps} timed steps per seed after {args.warmup} warm-up steps\n")
-    print(f"{'model':>6}  {'batch':>5}  {'alone seed-steps/s':>18}  {'packed seed-steps/s':>19}"
-          f"  {'speedup':>7}")  # fmt: skip
+    packed_label = "packed" if len(modes) == 1 else "setting packed"
+    print(f"{'model':>6}  {'batch':>5}  {other + ' seed-steps/s':>20}  "
+          f"{packed_label + ' seed-steps/s':>27}  {'speedup':>7}")  # fmt: skip
     for model, batch, alone, packed, speedup in rows:
-        flag = "" if batch > 16 or speedup >= TARGET else f"  < {TARGET}"
-        print(f"{model:>6}  {batch:>5}  {alone:>18.1f}  {packed:>19.1f}  {speedup:>6.2f}x{flag}")
+        flag = "" if len(modes) > 1 or batch > 16 or speedup >= TARGET else f"  < {TARGET}"
+        print(f"{model:>6}  {batch:>5}  {alone:>20.1f}  {packed:>27.1f}  {speedup:>6.2f}x{flag}")
+    if len(modes) > 1:
+        print(
+            f"\nby mode: one pack of {args.seeds} seeds per mode, one after another; setting "
+            f"packed: all {len(modes) * args.seeds} seeds in one pack. Both one process of "
+            f"{args.threads} thread(s),\nthe real PackedTrainer._iteration. Medians of "
+            f"{args.repeats} alternating pairs per row."
+        )
+        return
     print(
         f"\nalone: the seeds over {workers} worker processes of {args.threads // workers} "
         f"thread(s), one seed after another in each (as a joblib sweep runs them); packed: one"
         f"\nprocess of {args.threads} thread(s). seed-steps/s: every seed's timed steps over the "
         "wall time of the slowest process. Both run the real loops (Trainer._iteration,"
-        "\nPackedTrainer._iteration: schedules, step, window, divergence checks), norm=batch. "
-        f"Medians of {args.repeats} alternating packed/alone pairs per row."
+        "\nPackedTrainer._iteration: schedules, step, window, divergence checks), "
+        f"norm={modes[0]}. Medians of {args.repeats} alternating packed/alone pairs per row."
     )
     at_four = [speedup for _, batch, _, _, speedup in rows if batch == 4]
     if at_four:

@@ -15,7 +15,7 @@ from normlab.config.identity import run_directory
 from normlab.config.validation import validate
 from normlab.models import build_model
 from normlab.norms import registry
-from normlab.packing import Pack, PackedLinear, pack_model
+from normlab.packing import NormGroup, Pack, PackedLinear, pack_model
 from normlab.records import CHECKPOINT_FILE
 from normlab.train import pack_key, run, run_seeds
 
@@ -33,44 +33,58 @@ def _mode(mode: str) -> list[str]:
 ON_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+# the seeds of a pack and their modes: one mode, or a setting's modes packed together
+MIXED = ("batch", "batch", "moving_average", "renorm", "online", "online", "group", "none")
+
+
 @pytest.mark.parametrize(
-    ("mode", "model", "centred", "device"),
+    ("modes", "model", "centred", "device"),
     [
-        *((mode, "cnn1d", False, "cpu") for mode in MODES),
-        ("batch", "mlp", False, "cpu"),
-        ("mabn", "cnn1d", True, "cpu"),
-        ("batch", "mlp", True, "cpu"),
-        *(pytest.param(m, "cnn1d", False, "cuda", marks=ON_CUDA) for m in MODES),
-        pytest.param("batch", "mlp", True, "cuda", marks=ON_CUDA),
+        *(((mode,) * 3, "cnn1d", False, "cpu") for mode in MODES),
+        (("batch",) * 3, "mlp", False, "cpu"),
+        (("mabn",) * 3, "cnn1d", True, "cpu"),
+        (("batch",) * 3, "mlp", True, "cpu"),
+        (MIXED, "mlp", False, "cpu"),
+        (MODES, "cnn1d", False, "cpu"),
+        (("mabn", "batch", "mabn", "layer"), "cnn1d", True, "cpu"),
+        *(pytest.param((m,) * 3, "cnn1d", False, "cuda", marks=ON_CUDA) for m in MODES),
+        pytest.param(("batch",) * 3, "mlp", True, "cuda", marks=ON_CUDA),
+        pytest.param(MODES, "cnn1d", False, "cuda", marks=ON_CUDA),
     ],
 )
-def test_a_packed_step_is_each_seeds_own_step(mode, model, centred, device, monkeypatch):
+def test_a_packed_step_is_each_seeds_own_step(modes, model, centred, device, monkeypatch):
     """Forward, gradients and buffers of a packed model equal each seed's unpacked model (the
     reference: the seeds' own models, stepped one by one with torch.nn.functional), also with
-    centred weights (a parametrization the packed layers carry over), and on CUDA."""
+    centred weights (a parametrization the packed layers carry over), with seeds of different
+    modes in one pack (each mode's seeds one group), and on CUDA."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # full fp32 on both sides
-    options = {"mode": mode, **({"groups": 4} if mode == "group" else {})}
-    choice = registry.choose(options)
+    choices = {
+        m: registry.choose({"mode": m, **({"groups": 4} if m == "group" else {})}) for m in modes
+    }
+    order = sorted(range(len(modes)), key=lambda i: modes.index(modes[i]))  # groups in turn
+    seeds = range(len(modes))
     models = []
-    for seed in SEEDS:
+    for seed in order:
         torch.manual_seed(seed)
+        build = choices[modes[seed]].build
         models.append(
-            build_model(model, (1, 40), 10, choice.build, depth=2, width=8, centred_weights=centred)
+            build_model(model, (1, 40), 10, build, depth=2, width=8, centred_weights=centred)
         )
     models = [m.to(device) for m in models]
-    pack = Pack(pack_model(models, choice.build).to(device), models)
-    for seed in SEEDS:
+    groups = [NormGroup(choices[m].build, modes.count(m)) for m in dict.fromkeys(modes)]
+    pack = Pack(pack_model(models, groups).to(device), models)
+    for seed in seeds:
         pack.load_seed(seed)
     x = [
         torch.randn(4, 1, 40, generator=torch.Generator().manual_seed(9 + s)).to(device)
-        for s in SEEDS
+        for s in seeds
     ]
-    y = [torch.tensor([s, 3, 5, 7], device=device) for s in SEEDS]
-    packed_x = torch.stack(x).transpose(0, 1).reshape(4, len(SEEDS), 40)
+    y = [torch.tensor([s % 10, 3, 5, 7], device=device) for s in seeds]
+    packed_x = torch.stack(x).transpose(0, 1).reshape(4, len(seeds), 40)
     for _ in range(2):
-        logits = pack.model(packed_x).view(4, len(SEEDS), 10)
-        sum(F.cross_entropy(logits[:, s], y[s]) for s in SEEDS).backward()
-        for s in SEEDS:
+        logits = pack.model(packed_x).view(4, len(seeds), 10)
+        sum(F.cross_entropy(logits[:, s], y[s]) for s in seeds).backward()
+        for s in seeds:
             own = models[s](x[s])
             F.cross_entropy(own, y[s]).backward()
             torch.testing.assert_close(logits[:, s], own, rtol=1e-5, atol=1e-6)
@@ -79,7 +93,7 @@ def test_a_packed_step_is_each_seeds_own_step(mode, model, centred, device, monk
         for m in models
     ]
     expected = [(g, {n: b.clone() for n, b in bufs.items()}) for g, bufs in expected]
-    for s in SEEDS:
+    for s in seeds:
         pack.store_seed(s)
         grads, buffers = expected[s]
         for name, param in models[s].named_parameters():
@@ -284,3 +298,54 @@ def test_an_outside_mode_trains_its_seeds_one_per_process_and_says_so_once(cli, 
     assert result.err.count("one per process") == 1
     summaries = [json.loads((d / "summary.json").read_text()) for d in result.run_dirs()]
     assert len(summaries) == 4 and all("packed_runs" not in s for s in summaries)
+
+
+# a setting's modes, as a sweep over norm=... gives them (a switch makes batch a second norm)
+SETTING = (
+    ("norm=batch",),
+    ("norm=batch", "norm.switch_at=0.5"),
+    ("norm=moving_average",),
+    ("norm=renorm",),
+    ("norm=online",),
+    ("norm=group", "norm.groups=4"),
+)
+RAMP = ("momentum=ramp", "momentum.unit=steps", "momentum.finish=4")
+
+
+def test_a_settings_modes_pack_together_as_their_unpacked_runs(compose_config):
+    """The modes of one setting, two seeds each and interleaved, share one pack key and train
+    in one pack, each mode's layers on their own schedules (a momentum ramp, renorm's rmax and
+    dmax, a switch to population statistics at half-way): every run records the numbers and
+    trace of its unpacked run."""
+    runs = [(mode, seed) for seed in (0, 1) for mode in SETTING]
+    common = (*TINY, *RAMP, "trace.steps=2")
+    cfgs = [compose_config(*common, *mode, f"seed={seed}") for mode, seed in runs]
+    assert len({pack_key(cfg) for cfg in cfgs}) == 1
+    packed = run_seeds(cfgs)
+    assert {s["packed_runs"] for s in packed} == {len(runs)}
+    for (mode, seed), ours in zip(runs, packed, strict=True):
+        alone = run(compose_config(*common, *mode, f"seed={seed}", "sweep=alone"))
+        assert ours["run_id"] == alone["run_id"] and ours["status"] == alone["status"]
+        a, b = _metrics(ours["run_dir"]), _metrics(alone["run_dir"])
+        numbers = [c for c in b.columns if not c.endswith("_seconds")]
+        pd.testing.assert_frame_equal(a[numbers], b[numbers], rtol=1e-4, atol=1e-5)
+        a, b = (pd.read_csv(Path(r["run_dir"]) / "trace.csv") for r in (ours, alone))
+        pd.testing.assert_frame_equal(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_mode_whose_seeds_diverge_leaves_a_mixed_pack(compose_config):
+    """renorm's only seed diverges at a huge learning rate: its group leaves the pack, and the
+    batch and online seeds train on as their unpacked runs do."""
+    huge = ["optim.lr=1e6", "steps=8"]
+    runs = [("batch", 1e-6), ("renorm", 1.0), ("online", 2e-6)]
+    cfgs = [compose_config(*TINY, *huge, f"norm={m}", f"optim.lr_factor={f}") for m, f in runs]
+    packed = run_seeds(cfgs)
+    assert [s["status"] for s in packed] == ["completed", "diverged", "completed"]
+    for (mode, factor), ours in zip(runs, packed, strict=True):
+        extra = [f"norm={mode}", f"optim.lr_factor={factor}", "sweep=alone"]
+        alone = run(compose_config(*TINY, *huge, *extra))
+        for key in ("status", "steps", "divergence_step", "run_id"):
+            assert ours.get(key) == alone.get(key)
+        a, b = _metrics(ours["run_dir"]), _metrics(alone["run_dir"])
+        numbers = [c for c in b.columns if not c.endswith("_seconds")]
+        pd.testing.assert_frame_equal(a[numbers], b[numbers], rtol=1e-4, atol=1e-5)

@@ -26,6 +26,7 @@ class WandbBackend:
     """
 
     name = "wandb"
+    open_runs = 0  # in this process: a packed job's seeds each hold one at a time
     MAXIMIZE = ("val_acc_eval", "val_acc_train_mode", "train_subset_acc_eval", "val_acc_precise")
     MINIMIZE = ("loss", "val_loss")
 
@@ -52,6 +53,7 @@ class WandbBackend:
             notes=str(run_dir),
             reinit="create_new",
         )
+        WandbBackend.open_runs += 1
         self.log_figures = settings.log_figures
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
@@ -78,10 +80,17 @@ class WandbBackend:
             if self.log_figures and figures:
                 self.run.log({f"figures/{p.stem}": self.wandb.Image(str(p)) for p in figures})
         finally:
-            failed = summary.get("status") == "failed"
+            self._close(failed=summary.get("status") == "failed")
+
+    def _close(self, failed: bool) -> None:
+        try:
             self.run.finish(exit_code=1 if failed else 0)
-            # the wandb-core service outlives finish(); a sweep in one process must not leak it
-            self.wandb.teardown()
+        finally:
+            WandbBackend.open_runs -= 1
+            # the wandb-core service outlives finish(); a sweep in one process must not leak
+            # it, and the other seeds of a pack still log through it
+            if not WandbBackend.open_runs:
+                self.wandb.teardown()
 
 
 def run_label(config: Any) -> str:

@@ -11,6 +11,10 @@ checkpoint falls due, each seed's slice is copied into its own model and optimiz
 trainer logs, evaluates and checkpoints exactly as unpacked. A seed that diverges stops alone:
 its row and record are written at that step, and the seeds still running are packed again
 without it (a narrower model), so nothing moves it and its slice costs no later step.
+
+Seeds of different norms (a setting's modes) pack too: the pack orders its seeds by norm, each
+norm's seeds one group of the packed model (:class:`~normlab.packing.SplitNorm`), and each
+group's layers follow their own runs' schedules and switch.
 """
 
 from __future__ import annotations
@@ -18,17 +22,19 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from normlab.metrics import Window
 from normlab.norms import norm_layers
 from normlab.optim import build_optimizer
-from normlab.packing import NormFactory, Pack, PackedDiagnostics, pack_model
+from normlab.packing import NormGroup, Pack, PackedDiagnostics, Slot, pack_model
 from normlab.progress import RunProgress
+from normlab.schedules import Schedule
 from normlab.signals import SignalGuard
 from normlab.trainer import (
     Trainer,
@@ -56,15 +62,17 @@ class PackedTrainer:
     """Trains ``trainers`` (one per seed, all at the same step) as one packed model; calls
     ``finished(index, summary)`` as each seed's run ends."""
 
-    def __init__(self, trainers: Sequence[Trainer], norm: NormFactory, finished: Finished) -> None:
+    def __init__(self, trainers: Sequence[Trainer], finished: Finished) -> None:
         steps = {t.step for t in trainers}
         if len(steps) != 1:
             raise ValueError(f"packed seeds must start at one step, got {sorted(steps)}")
-        self.trainers, self.finished, self.norm = list(trainers), finished, norm
+        self.trainers, self.finished = list(trainers), finished
         first = self.trainers[0]
         self.data, self.device = first.data, first.device
         self.step, self.total = first.step, first.total
-        self.members = list(range(len(self.trainers)))  # the running seeds, in pack order
+        # the running seeds in pack order: the seeds of each norm side by side
+        norms = [t.run.norm for t in self.trainers]
+        self.members = sorted(range(len(norms)), key=lambda i: norms.index(norms[i]))
         for t in self.trainers:
             t.progress = _Quiet()
         self._pack()
@@ -77,17 +85,21 @@ class PackedTrainer:
         first = trainers[0]
         self.run, self.seeds = first.run, len(trainers)
         models = [t.model for t in trainers]
-        self.model = pack_model(models, self.norm).to(self.device)
+        places = _norm_places(trainers)
+        groups = [NormGroup(trainers[p.first].run.norm.build, p.seeds) for p in places]
+        self.model = pack_model(models, groups).to(self.device)
         self.pack = Pack(self.model, models)
         for seed in range(self.seeds):
             self.pack.load_seed(seed)
         self.optimizer = build_optimizer(self.model, self.run, fused=True)
         self.pack.load_optimizer(self.optimizer, [t.optimizer for t in trainers])
         self.params = list(self.model.parameters())
+        self.slots = list(self.pack.param_slots.values())
         names = {id(p): n for n, p in first.model.named_parameters()}
         self.biases = [self.pack.params[names[id(b)]] for b in first.biases]
+        self.bias_slots = [self.pack.param_slots[names[id(b)]] for b in first.biases]
         self.norms = norm_layers(self.model)
-        self.schedules = prepare_norms(self.run, self.norms.values())
+        self.groups = [_Group.of(p, trainers[p.first], self.norms, self.pack) for p in places]
         ratios = [t.base_lr / first.base_lr for t in trainers]
         self.lr_ratios = (
             None if all(r == 1.0 for r in ratios) else torch.tensor(ratios, device=self.device)
@@ -110,7 +122,7 @@ class PackedTrainer:
 
     def fit(self) -> None:
         first = self.trainers[0]
-        label = f"{first.record.run_dir.name} (+{len(self.trainers) - 1} seeds)"
+        label = f"{first.record.run_dir.name} (+{len(self.trainers) - 1} runs)"
         self.progress = RunProgress(self.total, label, self.run.progress, initial=self.step)
         try:
             with SignalGuard(self) as signals:
@@ -158,7 +170,10 @@ class PackedTrainer:
         started = time.perf_counter()
         first = self.trainers[self.members[0]]
         values = first._schedule_values(self.step)
-        apply_step_values(values, self.optimizer, self.schedules, self.norms.values())
+        apply_step_values(values, self.optimizer, self.groups[0].schedules, self.groups[0].norms)
+        for group in self.groups[1:]:  # other norms, their own runs' schedules and switch
+            own = group.trainer._schedule_values(self.step)
+            apply_layer_values(own, group.schedules, group.norms)
         index = torch.stack([t.sampler.next_indices() for _, t in self._running()])
         x, y = self._inputs(index), self.data.y_train[index]
         with autocast(self.run, self.device):
@@ -185,10 +200,13 @@ class PackedTrainer:
 
     def _clip_per_seed(self, max_norm: float) -> None:
         """``clip_grad_norm_`` applied to each seed's gradients on their own."""
-        grads = [p.grad for p in self.params if p.grad is not None]
-        coef = (max_norm / (self.pack.per_seed_norms(grads) + 1e-6)).clamp_(max=1.0)
-        for grad in grads:
-            grad.view(self.seeds, -1).mul_(coef.unsqueeze(1))
+        held = [
+            (p.grad, s) for p, s in zip(self.params, self.slots, strict=True) if p.grad is not None
+        ]
+        grads, slots = [g for g, _ in held], [s for _, s in held]
+        coef = (max_norm / (self.pack.per_seed_norms(grads, slots) + 1e-6)).clamp_(max=1.0)
+        for grad, slot in held:
+            grad.view(slot.seeds, -1).mul_(_rows(coef, slot))
 
     def _optimizer_step(self) -> None:
         if self.lr_ratios is None:
@@ -198,9 +216,9 @@ class PackedTrainer:
             before = [p.detach().clone() for p in self.params]
         self.optimizer.step()
         with torch.no_grad():
-            for param, old in zip(self.params, before, strict=True):
-                delta = param.sub_(old).view(self.seeds, -1)
-                delta.mul_(self.lr_ratios.unsqueeze(1))
+            for param, slot, old in zip(self.params, self.slots, before, strict=True):
+                delta = param.sub_(old).view(slot.seeds, -1)
+                delta.mul_(_rows(self.lr_ratios, slot))
                 param.add_(old)
 
     # ------------------------------------------------------------------ per-seed measurements
@@ -215,15 +233,25 @@ class PackedTrainer:
             trainer.window.pending_losses = [losses[index] for losses in self.window.pending_losses]
 
     def _trace(self, losses: Tensor) -> None:
-        params = self.pack.per_seed_norms(self.params)
-        biases = self.pack.per_seed_norms(self.biases) if self.biases else None
-        values = trace_values(losses, params, biases, self.norms.values())
+        params = self.pack.per_seed_norms(self.params, self.slots)
+        biases = self.pack.per_seed_norms(self.biases, self.bias_slots) if self.biases else None
+        values = torch.cat(  # per group: its seeds' rows, from its own layers' batch means
+            [
+                trace_values(
+                    losses[g.places],
+                    params[g.places],
+                    None if biases is None else biases[g.places],
+                    g.norms,
+                )
+                for g in self.groups
+            ]
+        )
         for index, trainer in self._running():
             trainer.trace.add(self.step, values[index])
 
     def _check_divergence(self) -> None:
         losses = self.window.drain_losses()  # a list per seed
-        norms = self.pack.per_seed_norms(self.params).tolist()
+        norms = self.pack.per_seed_norms(self.params, self.slots).tolist()
         diverged = []
         for index, trainer in self._running():
             trainer.detect_divergence(losses[index] if losses else [], norms[index], self.step)
@@ -280,3 +308,36 @@ class PackedTrainer:
         for index, trainer in self._running():
             self._sync(index)
             trainer.save_checkpoint()
+
+
+def _norm_places(trainers: Sequence[Trainer]) -> list[Slot]:
+    """The places in the pack of each run of consecutive ``trainers`` of one norm."""
+    places: list[Slot] = []
+    for place, trainer in enumerate(trainers):
+        if places and trainer.run.norm == trainers[places[-1].first].run.norm:
+            places[-1] = Slot("", places[-1].first, places[-1].seeds + 1)
+        else:
+            places.append(Slot("", place, 1))
+    return places
+
+
+@dataclass(frozen=True)
+class _Group:
+    """The seeds of one norm in a pack: their places, the first one's trainer (its run's
+    schedules and switch are theirs), and their packed norm layers and schedules."""
+
+    places: slice
+    trainer: Trainer
+    norms: list[nn.Module]
+    schedules: dict[str, tuple[Schedule, list[nn.Module]]]
+
+    @classmethod
+    def of(cls, seeds: Slot, trainer: Trainer, norms: dict[str, nn.Module], pack: Pack) -> _Group:
+        own = [layer for name, layer in norms.items() if pack.slot(name).first == seeds.first]
+        places = slice(seeds.first, seeds.first + seeds.seeds)
+        return cls(places, trainer, own, prepare_norms(trainer.run, own))
+
+
+def _rows(per_seed: Tensor, slot: Slot) -> Tensor:
+    """``per_seed`` values of the seeds ``slot`` holds, a column to scale its seeds' rows."""
+    return per_seed[slot.first : slot.first + slot.seeds].unsqueeze(1)

@@ -1,4 +1,4 @@
-"""A cell's seeds as one model: S seeds packed as S groups of channels.
+"""A setting's seeds as one model: S seeds packed as S groups of channels.
 
 Every layer of the packed model keeps the seeds apart by construction:
 
@@ -7,7 +7,10 @@ Every layer of the packed model keeps the seeds apart by construction:
 - a convolution takes ``groups = S`` times its own groups;
 - a norm layer is the same normlab layer built over ``S * C`` channels (the run's own norm
   factory), so every per-channel statistic, buffer and compiled step stays per seed and every
-  built-in mode is exact unchanged; group and layer norm take S times their groups.
+  built-in mode is exact unchanged; group and layer norm take S times their groups;
+- seeds of different norms (a setting's modes, packed together) come in groups, one per norm,
+  side by side in the pack: each norm position is then a :class:`SplitNorm`, whose part ``g``
+  is group ``g``'s norm layer widened over that group's seeds.
 
 Activations are laid out ``(B, S * C, ...)``: seed ``s``'s batch is channel group ``s``, so the
 built-in models' forwards (flatten, pooling, residual sums, ReLU) run unchanged. Each seed's
@@ -22,10 +25,13 @@ A model or mode from outside the package (``_target_``) may mix channels in its 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
@@ -33,6 +39,27 @@ from normlab.norms import RunningStatsNorm
 from normlab.norms.diagnostics import NormDiagnostics
 
 NormFactory = Callable[[int], nn.Module]
+
+
+@dataclass(frozen=True)
+class NormGroup:
+    """``seeds`` seeds side by side in a pack, all normalized by ``norm``'s layers."""
+
+    norm: NormFactory
+    seeds: int
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where a packed tensor (or module) comes from: ``name`` in each seed's own model, stacked
+    over the ``seeds`` seeds from place ``first`` in the pack."""
+
+    name: str
+    first: int
+    seeds: int
+
+    def holds(self, seed: int) -> bool:
+        return self.first <= seed < self.first + self.seeds
 
 
 def unpackable_reason(run: Any) -> str | None:
@@ -96,27 +123,80 @@ class PackedDiagnostics(NormDiagnostics):
         self._pending = 0
 
 
-def pack_model(models: Sequence[nn.Module], norm: NormFactory) -> nn.Module:
-    """One model holding ``models`` (the same architecture, one per seed) side by side; its
-    tensors start as copies of theirs (:meth:`Pack.load_seed`)."""
+def pack_model(models: Sequence[nn.Module], groups: Sequence[NormGroup]) -> nn.Module:
+    """One model holding ``models`` (the same architecture, one per seed, the seeds of each of
+    ``groups`` in turn) side by side; its tensors start as copies of theirs
+    (:meth:`Pack.load_seed`)."""
+    if sum(g.seeds for g in groups) != len(models):
+        raise ValueError(f"{len(models)} models for groups of {[g.seeds for g in groups]} seeds")
+    firsts = [sum(g.seeds for g in groups[:i]) for i in range(len(groups))]
     packed = copy.deepcopy(models[0])
-    _widen(packed, len(models), norm)
+    _widen(packed, [models[i] for i in firsts], groups)
     return packed
 
 
-def _widen(module: nn.Module, seeds: int, norm: NormFactory) -> None:
+def is_norm_position(layer: nn.Module) -> bool:
+    """A layer a run's norm factory builds (what differs between the groups of a pack)."""
+    return isinstance(layer, RunningStatsNorm) or getattr(layer, "batch_independent", False)
+
+
+def _widen(module: nn.Module, firsts: list[nn.Module], groups: Sequence[NormGroup]) -> None:
+    """Widen ``module`` (a copy of the first group's model) in place; ``firsts``: each group's
+    first model, at the same place."""
+    seeds = sum(g.seeds for g in groups)
     for name, child in list(module.named_children()):
-        wide = _wide_layer(child, seeds, norm)
+        layers = [getattr(first, name) for first in firsts]
+        if len(groups) > 1 and is_norm_position(child):
+            wide = SplitNorm(
+                [_wide_norm(layer, group) for layer, group in zip(layers, groups, strict=True)],
+                [g.seeds for g in groups],
+            )
+        else:
+            _same_layer(name, layers)
+            wide = _wide_layer(child, seeds, groups[0].norm)
         if wide is None:
-            _widen(child, seeds, norm)
+            _widen(child, layers, groups)
             continue
-        if parametrize.is_parametrized(child):
-            for tensor_name, chain in child.parametrizations.items():
-                for parametrization in chain:
-                    parametrize.register_parametrization(
-                        wide, tensor_name, copy.deepcopy(parametrization)
-                    )
+        _carry_parametrizations(child, wide)
         setattr(module, name, wide)
+
+
+def _same_layer(name: str, layers: list[nn.Module]) -> None:
+    kinds = {type(layer).__name__ for layer in layers}
+    if len(kinds) > 1:
+        raise ValueError(f"the groups' models differ at {name} ({sorted(kinds)}), not in a norm")
+
+
+def _wide_norm(layer: nn.Module, group: NormGroup) -> nn.Module:
+    wide = _wide_layer(layer, group.seeds, group.norm)
+    return copy.deepcopy(layer) if wide is None else wide
+
+
+def _carry_parametrizations(layer: nn.Module, wide: nn.Module) -> None:
+    if parametrize.is_parametrized(layer):
+        for tensor_name, chain in layer.parametrizations.items():
+            for parametrization in chain:
+                parametrize.register_parametrization(
+                    wide, tensor_name, copy.deepcopy(parametrization)
+                )
+
+
+class SplitNorm(nn.Module):
+    """A norm position of a pack whose seeds differ in norm: ``parts[g]`` normalizes the
+    channels of the ``seeds[g]`` seeds of group ``g`` (consecutive groups of channels)."""
+
+    def __init__(self, parts: Sequence[nn.Module], seeds: Sequence[int]) -> None:
+        super().__init__()
+        self.parts, self.seeds = nn.ModuleList(parts), list(seeds)
+
+    def forward(self, x: Tensor) -> Tensor:
+        width = x.shape[1] // sum(self.seeds)
+        chunks = x.split([n * width for n in self.seeds], dim=1)
+        # contiguous: the compiled norm steps take whole rows, not a view across the others'
+        return torch.cat([p(c.contiguous()) for p, c in zip(self.parts, chunks, strict=True)], 1)
+
+    def extra_repr(self) -> str:
+        return f"seeds={self.seeds}"
 
 
 def _wide_layer(layer: nn.Module, seeds: int, norm: NormFactory) -> nn.Module | None:
@@ -165,66 +245,102 @@ def seed_dim(packed: Tensor, unpacked: Tensor, seeds: int) -> int | None:
     raise ValueError(f"{tuple(packed.shape)} does not stack {seeds} of {tuple(unpacked.shape)}")
 
 
+_PART = re.compile(r"\.parts\.(\d+)(?=\.|$)")
+
+
 class Pack:
     """A packed model and its seeds' unpacked models, tensor by tensor: what moves a seed's
     parameters, gradients, buffers and optimizer state into its slice and back."""
 
     def __init__(self, packed: nn.Module, models: Sequence[nn.Module]) -> None:
         self.model, self.models, self.seeds = packed, list(models), len(models)
+        self.splits = {n: m for n, m in packed.named_modules() if isinstance(m, SplitNorm)}
         self.params = dict(packed.named_parameters())
         self.buffers = dict(packed.named_buffers())
         self.seed_params = [dict(m.named_parameters()) for m in self.models]
         self.seed_buffers = [dict(m.named_buffers()) for m in self.models]
-        first_params, first_buffers = self.seed_params[0], self.seed_buffers[0]
+        self.param_slots = {name: self.slot(name) for name in self.params}
         for name, param in self.params.items():
+            slot = self.param_slots[name]
             # one seed (the last one running) is its own stack
-            if self.seeds > 1 and seed_dim(param, first_params[name], self.seeds) != 0:
+            own = self.seed_params[slot.first][slot.name]
+            if slot.seeds > 1 and seed_dim(param, own, slot.seeds) != 0:
                 raise ValueError(f"parameter {name} does not stack its seeds along dim 0")
+        self.buffer_slots = {name: self.slot(name) for name in self.buffers}
         self.buffer_dims = {
-            name: seed_dim(b, first_buffers[name], self.seeds) for name, b in self.buffers.items()
+            name: seed_dim(b, self.seed_buffers[slot.first][slot.name], slot.seeds)
+            for (name, b), slot in zip(
+                self.buffers.items(), self.buffer_slots.values(), strict=True
+            )
         }
         self._diagnostics()
+
+    def slot(self, name: str) -> Slot:
+        """Where the packed tensor or module ``name`` comes from: under a :class:`SplitNorm`,
+        part ``g``'s seeds, and the name without ``.parts.g``; elsewhere every seed's."""
+        match = _PART.search(name)
+        split = self.splits.get(name[: match.start()]) if match else None
+        if split is None:
+            return Slot(name, 0, self.seeds)
+        part = int(match.group(1))
+        own = name[: match.start()] + name[match.end() :]
+        return Slot(own, sum(split.seeds[:part]), split.seeds[part])
 
     def _diagnostics(self) -> None:
         layers = [dict(m.named_modules()) for m in self.models]
         for name, layer in self.model.named_modules():
             if isinstance(layer, RunningStatsNorm):
-                seeds = [modules[name].diagnostics for modules in layers]
+                slot = self.slot(name)
+                seeds = [layers[s][slot.name].diagnostics for s in self._seeds_of(slot)]
                 layer.diagnostics = PackedDiagnostics(seeds)
                 layer.diagnostics.compiled = layer.compiled_step
 
-    def seed_slice(self, tensor: Tensor, dim: int | None, seed: int) -> Tensor:
+    @staticmethod
+    def _seeds_of(slot: Slot) -> range:
+        return range(slot.first, slot.first + slot.seeds)
+
+    @staticmethod
+    def seed_slice(tensor: Tensor, slot: Slot, dim: int | None, seed: int) -> Tensor:
         if dim is None:
             return tensor
-        return tensor.chunk(self.seeds, dim)[seed]
+        return tensor.chunk(slot.seeds, dim)[seed - slot.first]
 
     @torch.no_grad()
     def load_seed(self, seed: int) -> None:
-        """Seed ``seed``'s parameters, gradients and buffers into its slice (the buffers all
-        seeds share, a step counter, from the first seed)."""
+        """Seed ``seed``'s parameters, gradients and buffers into its slice (the buffers its
+        group shares, a step counter, from the group's first seed)."""
         for name, param in self.params.items():
-            own = self.seed_params[seed][name]
-            self.seed_slice(param, 0, seed).copy_(own)
+            slot = self.param_slots[name]
+            if not slot.holds(seed):
+                continue
+            own = self.seed_params[seed][slot.name]
+            self.seed_slice(param, slot, 0, seed).copy_(own)
             if own.grad is not None:
                 if param.grad is None:
                     param.grad = torch.zeros_like(param)
-                self.seed_slice(param.grad, 0, seed).copy_(own.grad)
+                self.seed_slice(param.grad, slot, 0, seed).copy_(own.grad)
         for name, buffer in self.buffers.items():
-            dim = self.buffer_dims[name]
-            if dim is not None or seed == 0:
-                self.seed_slice(buffer, dim, seed).copy_(self.seed_buffers[seed][name])
+            slot, dim = self.buffer_slots[name], self.buffer_dims[name]
+            if slot.holds(seed) and (dim is not None or seed == slot.first):
+                own = self.seed_buffers[seed][slot.name]
+                self.seed_slice(buffer, slot, dim, seed).copy_(own)
 
     @torch.no_grad()
     def store_seed(self, seed: int) -> None:
         """Seed ``seed``'s slice of every parameter, gradient and buffer into its own model."""
         for name, param in self.params.items():
-            own = self.seed_params[seed][name]
-            own.copy_(self.seed_slice(param, 0, seed))
+            slot = self.param_slots[name]
+            if not slot.holds(seed):
+                continue
+            own = self.seed_params[seed][slot.name]
+            own.copy_(self.seed_slice(param, slot, 0, seed))
             grad = param.grad
-            own.grad = None if grad is None else self.seed_slice(grad, 0, seed).clone()
+            own.grad = None if grad is None else self.seed_slice(grad, slot, 0, seed).clone()
         for name, buffer in self.buffers.items():
-            own = self.seed_buffers[seed][name]
-            own.copy_(self.seed_slice(buffer, self.buffer_dims[name], seed))
+            slot = self.buffer_slots[name]
+            if slot.holds(seed):
+                own = self.seed_buffers[seed][slot.name]
+                own.copy_(self.seed_slice(buffer, slot, self.buffer_dims[name], seed))
 
     # ------------------------------------------------------------------ optimizer state
 
@@ -236,14 +352,15 @@ class Pack:
         self, packed: torch.optim.Optimizer, seeds: Sequence[torch.optim.Optimizer]
     ) -> None:
         """The packed optimizer's state from every seed's (a resumed run's), slice by slice;
-        state the seeds share (a step count) from the first."""
+        state the seeds share (a step count) from the first of each tensor's seeds."""
         names = [self._seed_param_names(s) for s in range(self.seeds)]
         states = [
             {names[s][id(p)]: state for p, state in optimizer.state.items()}
             for s, optimizer in enumerate(seeds)
         ]
         for name, param in self.params.items():
-            per_seed = [state.get(name) for state in states]
+            slot = self.param_slots[name]
+            per_seed = [states[s].get(slot.name) for s in self._seeds_of(slot)]
             if any(state is None for state in per_seed):
                 continue
             packed.state[param] = {
@@ -256,22 +373,31 @@ class Pack:
     ) -> None:
         """Seed ``seed``'s slice of the packed optimizer's state into its own optimizer."""
         for name, param in self.params.items():
+            slot = self.param_slots[name]
+            if not slot.holds(seed):
+                continue
             state = packed.state.get(param)
-            own = self.seed_params[seed][name]
+            own = self.seed_params[seed][slot.name]
             if not state:
                 optimizer.state.pop(own, None)
                 continue
             optimizer.state[own] = {
-                key: self.seed_slice(value, 0, seed).clone()
+                key: self.seed_slice(value, slot, 0, seed).clone()
                 if isinstance(value, Tensor) and value.shape == param.shape
                 else _copy(value)
                 for key, value in state.items()
             }
 
-    def per_seed_norms(self, tensors: Sequence[Tensor]) -> Tensor:
-        """The Euclidean norm of each seed's slices of ``tensors`` (all stacked along dim 0)."""
-        rows = [t.detach().reshape(self.seeds, -1) for t in tensors]
-        return torch.stack([torch.linalg.vector_norm(r, dim=1) for r in rows]).norm(dim=0)
+    def per_seed_norms(self, tensors: Sequence[Tensor], slots: Sequence[Slot]) -> Tensor:
+        """The Euclidean norm of each seed's slices of ``tensors`` (each stacking the seeds
+        of its slot along dim 0; zero for the seeds it does not hold)."""
+        rows = []
+        for tensor, slot in zip(tensors, slots, strict=True):
+            row = torch.linalg.vector_norm(tensor.detach().reshape(slot.seeds, -1), dim=1)
+            if slot.seeds != self.seeds:
+                row = F.pad(row, (slot.first, self.seeds - slot.first - slot.seeds))
+            rows.append(row)
+        return torch.stack(rows).norm(dim=0)
 
 
 def _stack(param: Tensor, values: list[Any]) -> Any:

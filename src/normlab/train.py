@@ -444,9 +444,9 @@ def _now() -> str:
 
 def pack_key(cfg: DictConfig) -> tuple[str | None, str | None]:
     """What a sweep job must share with others to train packed with them (its whole config but
-    the seed and the learning-rate factor), and why it trains alone if it does: ``(key, None)``,
-    ``(None, reason)``, or ``(None, None)`` for ``pack=false`` or a config left to :func:`run`
-    to report."""
+    the seed, the learning-rate factor and the norm: a setting's modes pack together), and why
+    it trains alone if it does: ``(key, None)``, ``(None, reason)``, or ``(None, None)`` for
+    ``pack=false`` or a config left to :func:`run` to report."""
     if not cfg.get("pack", True):
         return None, None
     for node in ("model", "norm"):  # read raw: an outside mode's name is its YAML file's
@@ -462,6 +462,7 @@ def pack_key(cfg: DictConfig) -> tuple[str | None, str | None]:
         return None, reason
     node = OmegaConf.to_container(cfg, resolve=False)
     node.pop("seed", None)
+    node.pop("norm", None)
     node.get("optim", {}).pop("lr_factor", None)
     return json.dumps(node, sort_keys=True, default=str), None
 
@@ -481,10 +482,10 @@ def run_seeds_in_sweep(cfgs: Sequence[DictConfig]) -> list[dict[str, Any]]:
 
 
 def run_seeds(cfgs: Sequence[DictConfig]) -> list[dict[str, Any]]:
-    """Train the runs of one cell (configs equal but for the seed and the learning-rate factor)
-    in one packed model (:mod:`normlab.packed_trainer`); return their summaries in order. Each
-    run is its own record, as :func:`run` makes it; finished runs are skipped, and runs resumed
-    at different steps train in one pack per step."""
+    """Train the runs of one setting (configs equal but for the seed, the learning-rate factor
+    and the norm) in one packed model (:mod:`normlab.packed_trainer`); return their summaries
+    in order. Each run is its own record, as :func:`run` makes it; finished runs are skipped,
+    and runs resumed at different steps train in one pack per step."""
     configs: list[RunConfig] = []
     for cfg in cfgs:
         try:
@@ -551,29 +552,38 @@ def _prepare_seeds(
 
 
 def _fit_together(runs: list[_Started]) -> dict[int, dict[str, Any]]:
-    """Train ``runs`` (all at one step) packed, or alone where there is one or the cell cannot
-    be packed; their summaries by position."""
-    reason = unpackable_reason(runs[0].config)
-    if len(runs) == 1 or reason is not None:
-        if reason is not None:
-            print(f"normlab-train: {reason}: its seeds train one at a time", file=sys.stderr)
-        return {i: _fit_alone(run) for i, run in enumerate(runs)}
+    """Train ``runs`` (all at one step) packed, or alone where there is one or a run cannot be
+    packed; their summaries by position."""
+    reasons = [unpackable_reason(run.config) for run in runs]
+    for reason in dict.fromkeys(r for r in reasons if r is not None):
+        print(f"normlab-train: {reason}: its seeds train one at a time", file=sys.stderr)
+    together = [i for i, reason in enumerate(reasons) if reason is None]
+    done = {i: _fit_alone(run) for i, run in enumerate(runs) if reasons[i] is not None}
+    if len(together) == 1:
+        done[together[0]] = _fit_alone(runs[together[0]])
+    elif together:
+        done.update(_fit_packed([runs[i] for i in together], together))
+    return done
+
+
+def _fit_packed(runs: list[_Started], places: list[int]) -> dict[int, dict[str, Any]]:
+    """Train ``runs`` in one pack; their summaries by ``places``."""
     done: dict[int, dict[str, Any]] = {}
 
     def finished(index: int, result: dict[str, Any]) -> None:
-        done[index] = runs[index].conclude(result)
+        done[places[index]] = runs[index].conclude(result)
 
     try:
-        trainers = [run.trainer for run in runs]
-        PackedTrainer(trainers, runs[0].config.norm.build, finished).fit()
+        PackedTrainer([run.trainer for run in runs], finished).fit()
     except BaseException as error:
         for index, run in enumerate(runs):
-            if index not in done:
+            if places[index] not in done:
                 run.abort(error)
         raise
     if any(
-        s["status"] == "interrupted" and runs[i].trainer.stop_signal == "SIGINT"
-        for i, s in done.items()
+        done[place]["status"] == "interrupted" and run.trainer.stop_signal == "SIGINT"
+        for place, run in zip(places, runs, strict=True)
+        if place in done
     ):
         raise KeyboardInterrupt
     return done
