@@ -1,4 +1,4 @@
-"""The seeds of one cell trained side by side in one packed model (:mod:`normlab.packing`).
+"""The seeds of one setting trained side by side in one packed model (:mod:`normlab.packing`).
 
 Each seed keeps its own :class:`~normlab.trainer.Trainer` (model, sampler, record, detector,
 evaluator, checkpoint): the packed trainer only replaces the training step. Per step every seed
@@ -86,7 +86,7 @@ class PackedTrainer:
         self.run, self.seeds = first.run, len(trainers)
         models = [t.model for t in trainers]
         places = _norm_places(trainers)
-        groups = [NormGroup(trainers[p.first].run.norm.build, p.seeds) for p in places]
+        groups = [NormGroup(trainers[p.start].run.norm.build, len(p)) for p in places]
         self.model = pack_model(models, groups).to(self.device)
         self.pack = Pack(self.model, models)
         for seed in range(self.seeds):
@@ -99,7 +99,7 @@ class PackedTrainer:
         self.biases = [self.pack.params[names[id(b)]] for b in first.biases]
         self.bias_slots = [self.pack.param_slots[names[id(b)]] for b in first.biases]
         self.norms = norm_layers(self.model)
-        self.groups = [_Group.of(p, trainers[p.first], self.norms, self.pack) for p in places]
+        self.groups = [_Group.of(p, trainers[p.start], self.norms, self.pack) for p in places]
         ratios = [t.base_lr / first.base_lr for t in trainers]
         self.lr_ratios = (
             None if all(r == 1.0 for r in ratios) else torch.tensor(ratios, device=self.device)
@@ -310,14 +310,14 @@ class PackedTrainer:
             trainer.save_checkpoint()
 
 
-def _norm_places(trainers: Sequence[Trainer]) -> list[Slot]:
-    """The places in the pack of each run of consecutive ``trainers`` of one norm."""
-    places: list[Slot] = []
+def _norm_places(trainers: Sequence[Trainer]) -> list[range]:
+    """The places in the pack of each stretch of consecutive ``trainers`` of one norm."""
+    places: list[range] = []
     for place, trainer in enumerate(trainers):
-        if places and trainer.run.norm == trainers[places[-1].first].run.norm:
-            places[-1] = Slot("", places[-1].first, places[-1].seeds + 1)
+        if places and trainer.run.norm == trainers[places[-1].start].run.norm:
+            places[-1] = range(places[-1].start, place + 1)
         else:
-            places.append(Slot("", place, 1))
+            places.append(range(place, place + 1))
     return places
 
 
@@ -332,9 +332,9 @@ class _Group:
     schedules: dict[str, tuple[Schedule, list[nn.Module]]]
 
     @classmethod
-    def of(cls, seeds: Slot, trainer: Trainer, norms: dict[str, nn.Module], pack: Pack) -> _Group:
-        own = [layer for name, layer in norms.items() if pack.slot(name).first == seeds.first]
-        places = slice(seeds.first, seeds.first + seeds.seeds)
+    def of(cls, seeds: range, trainer: Trainer, norms: dict[str, nn.Module], pack: Pack) -> _Group:
+        own = [layer for name, layer in norms.items() if pack.slot(name).first == seeds.start]
+        places = slice(seeds.start, seeds.stop)
         return cls(places, trainer, own, prepare_norms(trainer.run, own))
 
 

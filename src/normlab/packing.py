@@ -135,7 +135,7 @@ def pack_model(models: Sequence[nn.Module], groups: Sequence[NormGroup]) -> nn.M
     return packed
 
 
-def is_norm_position(layer: nn.Module) -> bool:
+def _is_norm_position(layer: nn.Module) -> bool:
     """A layer a run's norm factory builds (what differs between the groups of a pack)."""
     return isinstance(layer, RunningStatsNorm) or getattr(layer, "batch_independent", False)
 
@@ -146,7 +146,7 @@ def _widen(module: nn.Module, firsts: list[nn.Module], groups: Sequence[NormGrou
     seeds = sum(g.seeds for g in groups)
     for name, child in list(module.named_children()):
         layers = [getattr(first, name) for first in firsts]
-        if len(groups) > 1 and is_norm_position(child):
+        if len(groups) > 1 and _is_norm_position(child):
             wide = SplitNorm(
                 [_wide_norm(layer, group) for layer, group in zip(layers, groups, strict=True)],
                 [g.seeds for g in groups],
