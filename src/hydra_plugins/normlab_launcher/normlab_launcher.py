@@ -244,7 +244,8 @@ class PackingTask:
 def _packs(pending: Sequence[int], cfgs: Sequence[DictConfig]) -> list[list[int]]:
     """The pending jobs in packs, each a setting's jobs that may train together (equal but for
     the seed, the learning-rate factor and the norm: :func:`normlab.train.pack_key`), in the
-    order of their first job; a job that cannot be packed is a pack of its own, and says why once."""
+    order of their first job; a job that cannot be packed is a pack of its own, and says why
+    once."""
     from normlab.train import pack_key
 
     packs: list[list[int]] = []
