@@ -94,22 +94,26 @@ def timed(iteration, warmup: int, steps: int, device: str) -> float:
 
 
 def worker(args) -> None:
-    """One process's share: its seeds packed, or one after another; prints its seconds."""
+    """One process's share: its seeds (of every mode) in one pack, in one pack per mode, or one
+    after another; prints its seconds."""
     torch.set_num_threads(args.threads)
     data = load_dataset("mnist1d", cache_dir=args.cache, device=args.device)
     seeds = [int(s) for s in args.worker_seeds.split(",")]
     run_steps = args.warmup + args.steps + 1
     with tempfile.TemporaryDirectory() as tmp:  # records are never opened: nothing is written
-        configs = seed_configs(args.model, args.batch, run_steps, seeds, args)
-        trainers = [trainer_for(c, data, Path(tmp)) for c in configs]
-        if args.worker == "packed":
-            packed = PackedTrainer(trainers, lambda i, s: None)
-            packed.progress = RunProgress(packed.total, "bench", "off")
-            seconds = timed(packed._iteration, args.warmup, args.steps, args.device)
+        by_mode = [
+            [
+                trainer_for(c, data, Path(tmp))
+                for c in seed_configs(args.model, args.batch, run_steps, seeds, mode, args)
+            ]
+            for mode in args.modes.split(",")
+        ]
+        trainers = [t for mode in by_mode for t in mode]
+        if args.worker == "alone":
+            packs = [[t] for t in trainers]
         else:
-            seconds = sum(
-                timed(t._iteration, args.warmup, args.steps, args.device) for t in trainers
-            )
+            packs = by_mode if args.worker == "bymode" else [trainers]
+        seconds = sum(timed(_iteration(p), args.warmup, args.steps, args.device) for p in packs)
         if any(t.evaluations for t in trainers):
             raise RuntimeError("an evaluation fell inside the timed steps")
     print(json.dumps({"seconds": seconds}))
