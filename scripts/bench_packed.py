@@ -67,7 +67,14 @@ def seed_configs(
     to matter at 64 seeds), then given each seed."""
     shape = ["model.depth=3", "model.width=128"] if model == "mlp" else []
     groups = ["norm.groups=8"] if mode == "group" else []
-    overrides = (f"model={model}", *shape, f"norm={mode}", *groups)
+    studied = []
+    if "," in args.modes:
+        # the studies' learning rates; the divergence checks run but never stop a seed for its
+        # loss or weights (moving_average blows up at batch 1, and a seed that stopped would
+        # leave the pack and shorten the steps timed)
+        studied = ["optim.lr=0.05", "optim.lr_scaling=linear", "divergence.loss_factor=1e30"]
+        studied.append("divergence.param_norm_factor=1e30")
+    overrides = (f"model={model}", *shape, f"norm={mode}", *groups, *studied)
     config = compose_run(batch_size, steps, args.device, args.cache, *overrides)
     return [dataclasses.replace(config, seed=seed) for seed in seeds]
 
