@@ -1,7 +1,8 @@
 #!/bin/bash
 # The checks that need a CUDA device, as one short script for a borrowed GPU machine: the CUDA
 # tests (SyncBatchNorm against norm.sync, packed steps, bf16 runs, captured steps, data on the
-# device), then bench_packed with 64 seeds packed. Outputs go to $OUT (default ./device_out).
+# device), then bench_packed with 64 seeds packed, and a setting's five modes (13 seeds each) in
+# one pack against one pack per mode. Outputs go to $OUT (default ./device_out).
 # The machine's own python3 must hold torch with CUDA, pandas, matplotlib and pytest; hydra-core,
 # omegaconf, antlr4 and mnist1d travel as wheels in .whl/ when that machine has no registry:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
@@ -27,3 +28,6 @@ timeout 240 python3 -m pytest -q -p no:cacheprovider -k "cuda or captured" \
   tests/test_norm.py tests/test_bench_gpu.py 2>&1 | tee "$OUT/cuda_tests.txt"
 timeout 300 python3 scripts/bench_packed.py --device cuda --seeds 64 --threads 1 \
   --steps ${BENCH_STEPS:-50} --warmup 5 --repeats ${BENCH_REPEATS:-1} 2>&1 | tee "$OUT/bench_packed_cuda.txt"
+timeout 240 python3 scripts/bench_packed.py --device cuda --seeds 13 --threads 1 --steps 30 \
+  --warmup 5 --repeats 1 --modes batch,moving_average,renorm,online,group 2>&1 \
+  | tee "$OUT/bench_modes_cuda.txt"
