@@ -349,3 +349,26 @@ def test_a_mode_whose_seeds_diverge_leaves_a_mixed_pack(compose_config):
         a, b = _metrics(ours["run_dir"]), _metrics(alone["run_dir"])
         numbers = [c for c in b.columns if not c.endswith("_seconds")]
         pd.testing.assert_frame_equal(a[numbers], b[numbers], rtol=1e-4, atol=1e-5)
+
+
+def test_a_setting_splits_between_its_modes_only_to_give_each_worker_a_pack():
+    """A sweep of one setting on two workers: its pack splits at the norm boundary nearest
+    half its runs (two packs of modes, as before a setting packed whole); never within a norm,
+    never when the packs already fill the workers or on one worker."""
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.normlab_launcher.normlab_launcher import _spread
+
+    def cfg(mode: str, batch_size: int = 4):
+        return OmegaConf.create({"norm": {"mode": mode}, "steps": 10, "batch_size": batch_size})
+
+    modes = ["batch", "renorm", "batch", "online", "renorm", "online", "group"]
+    cfgs = [cfg(m) for m in modes]
+    whole = [list(range(len(modes)))]
+    assert _spread(whole, cfgs, 1) == whole
+    assert _spread(whole, cfgs, 2) == [[0, 2, 1, 4], [3, 5, 6]]  # batch, renorm | online, group
+    three = _spread(whole, cfgs, 3)  # then the larger of the two splits
+    assert sorted(map(sorted, three)) == [[0, 2], [1, 4], [3, 5, 6]]
+    assert _spread([[0, 2]], cfgs, 2) == [[0, 2]], "one norm: nothing to split"
+    both = [[0, 1], [2, 3]]
+    assert _spread(both, cfgs, 2) == both

@@ -94,8 +94,8 @@ def test_joblib_rerun_of_a_finished_sweep_skips_every_run_before_dispatching(tmp
 
     first = sweep("first")
     assert first.returncode == 0, first.stderr[-3000:]
-    # the two modes of one setting train as one packed job: its leader's job directory
-    assert sorted(p.name for p in (tmp_path / "first").iterdir() if p.is_dir()) == ["0"]
+    # one setting's two modes on two workers: its pack split between them, two jobs
+    assert sorted(p.name for p in (tmp_path / "first").iterdir() if p.is_dir()) == ["0", "1"]
     stamps = {p: p.stat().st_mtime_ns for p in (results / "runs").rglob("*") if p.is_file()}
     again = sweep("again")
     assert again.returncode == 0, again.stderr[-3000:]

@@ -106,7 +106,7 @@ class NormlabLauncher(Launcher):
                 if ret is not None:
                     _report(progress, ret)
             pending = [i for i, ret in enumerate(runs) if ret is None]
-            packs = _packs(pending, cfgs)
+            packs = _spread(_packs(pending, cfgs), cfgs, self.workers())
             packing = PackingTask(
                 self.task_function,
                 {
@@ -139,6 +139,10 @@ class NormlabLauncher(Launcher):
                 self._report_unreported([runs[i] for i in pending], progress)
         progress.close()
         return runs
+
+    def workers(self) -> int:
+        """How many jobs the delegate runs at once: one unless it says."""
+        return 1
 
     def _finished_runs(
         self, job_overrides: Sequence[Sequence[str]]
@@ -267,19 +271,48 @@ def _packs(pending: Sequence[int], cfgs: Sequence[DictConfig]) -> list[list[int]
     return packs
 
 
+def _length(pack: list[int], cfgs: Sequence[DictConfig]) -> float:
+    """A job's length: its steps (or its epochs over its batch size: the jobs of one sweep share
+    a data set) times its ranks."""
+    cfg = cfgs[pack[0]]
+    steps = cfg.get("steps")
+    if steps is None:
+        steps = float(cfg.get("epochs") or 1) / int(cfg.get("batch_size") or 1)
+    return float(steps) * int(OmegaConf.select(cfg, "distributed.world_size", default=1))
+
+
 def _longest_first(packs: list[list[int]], cfgs: Sequence[DictConfig]) -> list[list[int]]:
     """The packs in decreasing length, so that a pool of workers finishes together rather than
-    one worker running the longest job alone at the end. A job's length is its steps (or its
-    epochs over its batch size: the jobs of one sweep share a data set) times its ranks."""
+    one worker running the longest job alone at the end."""
+    return sorted(packs, key=lambda pack: _length(pack, cfgs), reverse=True)
 
-    def length(pack: list[int]) -> float:
-        cfg = cfgs[pack[0]]
-        steps = cfg.get("steps")
-        if steps is None:
-            steps = float(cfg.get("epochs") or 1) / int(cfg.get("batch_size") or 1)
-        return float(steps) * int(OmegaConf.select(cfg, "distributed.world_size", default=1))
 
-    return sorted(packs, key=length, reverse=True)
+def _spread(packs: list[list[int]], cfgs: Sequence[DictConfig], workers: int) -> list[list[int]]:
+    """``packs``, the largest split in two between its norms until each of ``workers`` has one
+    (a sweep of one setting on two workers trains its two modes side by side, not one after the
+    other) or no pack holds two norms."""
+    packs = list(packs)
+    while len(packs) < workers:
+        mixed = [pack for pack in packs if len(_by_norm(pack, cfgs)) > 1]
+        if not mixed:
+            break
+        largest = max(mixed, key=lambda pack: _length(pack, cfgs) * len(pack))
+        blocks = _by_norm(largest, cfgs)
+        sizes = [sum(len(b) for b in blocks[:cut]) for cut in range(1, len(blocks))]
+        cut = 1 + min(range(len(sizes)), key=lambda i: abs(2 * sizes[i] - len(largest)))
+        packs[packs.index(largest)] = [i for block in blocks[:cut] for i in block]
+        packs.append([i for block in blocks[cut:] for i in block])
+    return packs
+
+
+def _by_norm(pack: list[int], cfgs: Sequence[DictConfig]) -> list[list[int]]:
+    """The jobs of ``pack`` by norm config, in the order of each norm's first job."""
+    blocks: dict[str, list[int]] = {}
+    for i in pack:
+        norm = OmegaConf.select(cfgs[i], "norm")
+        key = json.dumps(OmegaConf.to_container(norm), sort_keys=True, default=str) if norm else ""
+        blocks.setdefault(key, []).append(i)
+    return list(blocks.values())
 
 
 def _unpacked(
@@ -500,6 +533,11 @@ class JoblibLauncher(NormlabLauncher):
 
     delegate = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
     workers_report_steps = True
+
+    def workers(self) -> int:
+        assert self.config is not None
+        n_jobs = int(self.config.hydra.launcher.get("n_jobs") or 1)
+        return n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)  # joblib's
 
 
 class _CheckpointsOnPreemption:
