@@ -72,8 +72,12 @@ def seed_configs(
         # the studies' learning rates; the divergence checks run but never stop a seed for its
         # loss or weights (moving_average blows up at batch 1, and a seed that stopped would
         # leave the pack and shorten the steps timed)
-        studied = ["optim.lr=0.05", "optim.lr_scaling=linear", "divergence.loss_factor=1e30"]
-        studied.append("divergence.param_norm_factor=1e30")
+        studied = [
+            "optim.lr=0.05",
+            "optim.lr_scaling=linear",
+            "divergence.loss_factor=1e30",
+            "divergence.param_norm_factor=1e30",
+        ]
     overrides = (f"model={model}", *shape, f"norm={mode}", *groups, *studied)
     config = compose_run(batch_size, steps, args.device, args.cache, *overrides)
     return [dataclasses.replace(config, seed=seed) for seed in seeds]

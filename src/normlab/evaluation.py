@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normlab.metrics import accuracy, gap_metrics
-from normlab.norms import RunningStatsNorm, norm_layers
+from normlab.norms import RunningStatsNorm, is_batch_independent, norm_layers
 from normlab.precise_bn import recompute_population_stats
 
 
@@ -110,7 +110,7 @@ class Evaluator:
 def _stackable(layer: nn.Module) -> bool:
     if isinstance(layer, RunningStatsNorm):
         return type(layer).channel_separable
-    return bool(getattr(type(layer), "batch_independent", False))
+    return is_batch_independent(layer)
 
 
 @contextlib.contextmanager

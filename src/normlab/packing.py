@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from normlab.norms import RunningStatsNorm
+from normlab.norms import RunningStatsNorm, is_batch_dependent, is_batch_independent
 from normlab.norms.diagnostics import NormDiagnostics
 
 NormFactory = Callable[[int], nn.Module]
@@ -58,8 +58,13 @@ class Slot:
     first: int
     seeds: int
 
+    @property
+    def places(self) -> range:
+        """The places in the pack of the seeds it stacks."""
+        return range(self.first, self.first + self.seeds)
+
     def holds(self, seed: int) -> bool:
-        return self.first <= seed < self.first + self.seeds
+        return seed in self.places
 
 
 def unpackable_reason(run: Any) -> str | None:
@@ -137,7 +142,7 @@ def pack_model(models: Sequence[nn.Module], groups: Sequence[NormGroup]) -> nn.M
 
 def _is_norm_position(layer: nn.Module) -> bool:
     """A layer a run's norm factory builds (what differs between the groups of a pack)."""
-    return isinstance(layer, RunningStatsNorm) or getattr(layer, "batch_independent", False)
+    return is_batch_dependent(layer) or is_batch_independent(layer)
 
 
 def _widen(module: nn.Module, firsts: list[nn.Module], groups: Sequence[NormGroup]) -> None:
@@ -267,12 +272,11 @@ class Pack:
             if slot.seeds > 1 and seed_dim(param, own, slot.seeds) != 0:
                 raise ValueError(f"parameter {name} does not stack its seeds along dim 0")
         self.buffer_slots = {name: self.slot(name) for name in self.buffers}
-        self.buffer_dims = {
-            name: seed_dim(b, self.seed_buffers[slot.first][slot.name], slot.seeds)
-            for (name, b), slot in zip(
-                self.buffers.items(), self.buffer_slots.values(), strict=True
-            )
-        }
+        self.buffer_dims = {}
+        for name, buffer in self.buffers.items():
+            slot = self.buffer_slots[name]
+            own = self.seed_buffers[slot.first][slot.name]
+            self.buffer_dims[name] = seed_dim(buffer, own, slot.seeds)
         self._diagnostics()
 
     def slot(self, name: str) -> Slot:
@@ -291,13 +295,9 @@ class Pack:
         for name, layer in self.model.named_modules():
             if isinstance(layer, RunningStatsNorm):
                 slot = self.slot(name)
-                seeds = [layers[s][slot.name].diagnostics for s in self._seeds_of(slot)]
+                seeds = [layers[s][slot.name].diagnostics for s in slot.places]
                 layer.diagnostics = PackedDiagnostics(seeds)
                 layer.diagnostics.compiled = layer.compiled_step
-
-    @staticmethod
-    def _seeds_of(slot: Slot) -> range:
-        return range(slot.first, slot.first + slot.seeds)
 
     @staticmethod
     def seed_slice(tensor: Tensor, slot: Slot, dim: int | None, seed: int) -> Tensor:
@@ -360,7 +360,7 @@ class Pack:
         ]
         for name, param in self.params.items():
             slot = self.param_slots[name]
-            per_seed = [states[s].get(slot.name) for s in self._seeds_of(slot)]
+            per_seed = [states[s].get(slot.name) for s in slot.places]
             if any(state is None for state in per_seed):
                 continue
             packed.state[param] = {

@@ -39,7 +39,13 @@ from normlab.norms import mabn
 
 # isort: split
 from normlab.norms import baselines, registry
-from normlab.norms.base import RunningStatsNorm, Scheduled, is_batch_dependent, norm_layers
+from normlab.norms.base import (
+    RunningStatsNorm,
+    Scheduled,
+    is_batch_dependent,
+    is_batch_independent,
+    norm_layers,
+)
 from normlab.norms.baselines import GroupNorm, Identity, LayerNorm
 from normlab.norms.batch import BatchNorm
 from normlab.norms.diagnostics import NormDiagnostics
@@ -75,6 +81,7 @@ __all__ = [
     "batch_stats",
     "build_norm",
     "is_batch_dependent",
+    "is_batch_independent",
     "linear_scan",
     "norm_layers",
     "normalize_with_batch_stats",

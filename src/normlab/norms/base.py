@@ -256,3 +256,8 @@ def norm_layers(model: nn.Module) -> dict[str, RunningStatsNorm]:
 
 def is_batch_dependent(module: nn.Module) -> bool:
     return isinstance(module, RunningStatsNorm)
+
+
+def is_batch_independent(module: nn.Module) -> bool:
+    """A batch-independent baseline's layer (group, layer, none): its class says so."""
+    return bool(getattr(type(module), "batch_independent", False))
