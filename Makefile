@@ -69,10 +69,11 @@ claims: $(STAMP)
 	$(VENV)/bin/normlab-claims $(addprefix results/runs/,$(SWEEPS)) --out results/claims.md
 
 # Two pytest workers (pytest-xdist), one per core: most of the suite's time is in the runs its
-# end-to-end tests start, which are single-threaded Python.
+# end-to-end tests start, which are single-threaded Python. Tests that share a costly session
+# fixture (marked xdist_group) run on one worker, so the fixture is built once.
 TEST_JOBS ?= 2
 test: $(STAMP)
-	$(VENV)/bin/pytest -q -n $(TEST_JOBS)
+	$(VENV)/bin/pytest -q -n $(TEST_JOBS) --dist loadgroup
 
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not slow"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -125,6 +126,58 @@ def cli(tmp_path, monkeypatch, capsys):
         return CliResult(code, captured.out, captured.err, results)
 
     return _cli
+
+
+@dataclasses.dataclass(frozen=True)
+class JoblibSweep:
+    """A finished ``normlab-train -m`` sweep through Hydra's joblib launcher on two workers: one
+    setting, two modes, two seeds (a setting's pack, split between the workers)."""
+
+    results: Path
+    root: Path
+    done: subprocess.CompletedProcess
+
+    def command(self, sweep_dir: Path) -> list[str]:
+        return [
+            *JOBLIB_COMMAND,
+            f"paths.results={self.results}",
+            f"hydra.sweep.dir={sweep_dir}",
+        ]
+
+    def rerun(self, sweep_dir: Path) -> subprocess.CompletedProcess:
+        return _sweep(self.command(sweep_dir))
+
+
+JOBLIB_COMMAND = [
+    sys.executable,
+    "-m",
+    "normlab.train",
+    "-m",
+    "sweep=par",
+    *FAST,
+    "hydra/launcher=joblib",
+    "hydra.launcher.n_jobs=2",
+    "norm=batch,online",
+    "seed=0,1",
+    "steps=6",
+    "eval_every=3",
+    "progress=off",
+]
+
+
+def _sweep(command: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.fixture(scope="session")
+def joblib_sweep(tmp_path_factory) -> JoblibSweep:
+    """One joblib sweep for the tests that check what it prints, writes and skips when rerun
+    (each such sweep starts three Python processes: most of a test's time)."""
+    tmp = tmp_path_factory.mktemp("joblib_sweep")
+    sweep = JoblibSweep(tmp / "results", tmp / "first", subprocess.CompletedProcess([], 0))
+    done = _sweep(sweep.command(sweep.root))
+    return dataclasses.replace(sweep, done=done)
 
 
 def wandb_records(run_dir: Path) -> list[dict]:

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 
 import pytest
-from conftest import FAST
 
 from normlab.progress import PROGRESS_DIR, RunProgress, SweepProgress, finished_line
 
@@ -105,30 +101,9 @@ def test_the_basic_launcher_prints_each_finished_run_once(cli):
 
 
 @pytest.mark.slow
-def test_the_joblib_launcher_reports_every_run_as_its_job_ends(tmp_path):
-    command = [
-        sys.executable,
-        "-m",
-        "normlab.train",
-        "-m",
-        f"paths.results={tmp_path}",
-        "sweep=par",
-        *FAST,
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
-        "norm=batch,online",
-        "seed=0,1",
-        "steps=6",
-        "eval_every=3",
-        "progress=off",
-    ]
-    done = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+@pytest.mark.xdist_group("joblib_sweep")  # one worker runs the sweep for every test that reads it
+def test_the_joblib_launcher_reports_every_run_as_its_job_ends(joblib_sweep):
+    done = joblib_sweep.done
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in done.stderr.splitlines() if line.startswith("[")]
     assert sorted(line[:5] for line in lines) == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]

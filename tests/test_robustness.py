@@ -190,6 +190,7 @@ def uninterrupted(tmp_path_factory) -> pd.DataFrame:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("uninterrupted")  # its reference run, once
 def test_sigkill_keeps_rows_and_resume_matches_an_uninterrupted_run(tmp_path, uninterrupted):
     results = tmp_path / "results"
     process = subprocess.Popen(_train_command(results, *LONG), stderr=subprocess.PIPE)
@@ -212,6 +213,7 @@ def test_sigkill_keeps_rows_and_resume_matches_an_uninterrupted_run(tmp_path, un
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("uninterrupted")  # its reference run, once
 def test_sigterm_stops_gracefully_with_checkpoint_then_resumes(tmp_path, uninterrupted):
     results = tmp_path / "results"
     process = subprocess.Popen(_train_command(results, *LONG), stderr=subprocess.PIPE)

@@ -83,27 +83,24 @@ def test_joblib_launcher_two_jobs_never_share_a_run_directory(tmp_path):
 
 
 @pytest.mark.slow
-def test_joblib_rerun_of_a_finished_sweep_skips_every_run_before_dispatching(tmp_path):
-    results = tmp_path / "results"
-    grid = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "norm=batch,renorm", *TINY)
-
-    def sweep(folder: str) -> subprocess.CompletedProcess:
-        sweep_dir = f"hydra.sweep.dir={tmp_path / folder}"
-        command = multirun_command(results, "again", *grid, sweep_dir)
-        return subprocess.run(command, capture_output=True, text=True, timeout=300)
-
-    first = sweep("first")
+@pytest.mark.xdist_group("joblib_sweep")  # one worker runs the sweep for every test that reads it
+def test_joblib_rerun_of_a_finished_sweep_skips_every_run_before_dispatching(
+    joblib_sweep, tmp_path
+):
+    first = joblib_sweep.done
     assert first.returncode == 0, first.stderr[-3000:]
     # one setting's two modes on two workers: its pack split between them, two jobs
-    assert sorted(p.name for p in (tmp_path / "first").iterdir() if p.is_dir()) == ["0", "1"]
-    stamps = {p: p.stat().st_mtime_ns for p in (results / "runs").rglob("*") if p.is_file()}
-    again = sweep("again")
+    jobs = sorted(p.name for p in joblib_sweep.root.iterdir() if p.is_dir())
+    assert jobs == ["0", "1"]
+    records = joblib_sweep.results / "runs"
+    stamps = {p: p.stat().st_mtime_ns for p in records.rglob("*") if p.is_file()}
+    again = joblib_sweep.rerun(tmp_path / "again")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("already completed; skipped") == 2
-    assert "2/2 runs (2 skipped)" in again.stderr
+    assert again.stderr.count("already completed; skipped") == 4
+    assert "4/4 runs (4 skipped)" in again.stderr
     # no Hydra job was set up (no job directory, no saved configs) and no record rewritten
     assert not [p for p in (tmp_path / "again").glob("*") if p.is_dir()]
-    assert {p: p.stat().st_mtime_ns for p in (results / "runs").rglob("*") if p.is_file()} == stamps
+    assert {p: p.stat().st_mtime_ns for p in records.rglob("*") if p.is_file()} == stamps
 
 
 def test_a_pool_of_workers_gets_the_longest_jobs_first(cli):
