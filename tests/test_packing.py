@@ -147,6 +147,12 @@ def test_packed_linear_is_each_seeds_linear_layer(batch, bias):
         [F.linear(x_s, w, b) for x_s, w, b in zip(inputs, weights, biases, strict=True)], dim=1
     )
     torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-12)
+    # a first layer's input (the data) needs no gradient: the parameters' still match F.linear's
+    grad = torch.randn_like(expected)
+    packed = torch.autograd.grad((layer(x.detach()) * grad).sum(), params)
+    reference = torch.autograd.grad((expected * grad).sum(), params)
+    for ours, theirs in zip(packed, reference, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
 
 
 def test_lr_factors_pack_with_each_seeds_own_learning_rate(compose_config):

@@ -90,21 +90,52 @@ class PackedLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(seeds * out_features)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        # weight @ inputs, not inputs @ weight.T: the weight's gradient comes out of the
-        # batched matmul in the parameter's own layout, with no copy of the weights per step
-        batch = x.shape[0]
-        inputs = x.view(batch, self.seeds, self.in_features).permute(1, 2, 0)
-        weight = self.weight.view(self.seeds, self.out_features, self.in_features)
-        if self.bias is None:
-            out = torch.bmm(weight, inputs)
-        else:
-            out = torch.baddbmm(self.bias.view(self.seeds, self.out_features, 1), weight, inputs)
-        # contiguous: the compiled norm steps take (B, C) rows, not this transposed view
-        return out.permute(2, 0, 1).reshape(batch, -1).contiguous()
+        return _PackedLinearFunction.apply(x, self.weight, self.bias, self.seeds)
 
     def extra_repr(self) -> str:
         bias = self.bias is not None
         return f"seeds={self.seeds}, in={self.in_features}, out={self.out_features}, bias={bias}"
+
+
+class _PackedLinearFunction(torch.autograd.Function):
+    """Every seed's ``x_s @ W_s.T + b_s`` and its gradients as batched matmuls over the seeds,
+    each product in the operand layout ATen's CPU ``bmm`` runs fast at small batches: the
+    transposed-weight product autograd would derive for the input's gradient takes a slow path
+    there (43 us against 4 us at batch 1, five 128 x 128 seeds; ``scripts/bench_packed.py``).
+    The weight's gradient comes out in the parameter's own ``(S * out, in)`` layout."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, seeds: int) -> Tensor:
+        batch = x.shape[0]
+        inputs = x.view(batch, seeds, -1).transpose(0, 1)
+        weights = weight.view(seeds, -1, weight.shape[1])
+        if bias is None:
+            out = torch.bmm(inputs, weights.transpose(1, 2))
+        else:
+            out = torch.baddbmm(bias.view(seeds, 1, -1), inputs, weights.transpose(1, 2))
+        ctx.save_for_backward(x, weight)
+        ctx.seeds, ctx.has_bias = seeds, bias is not None
+        # (B, S * out) rows: the compiled norm steps take whole rows
+        return out.transpose(0, 1).reshape(batch, -1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        batch, seeds = x.shape[0], ctx.seeds
+        grads = grad.reshape(batch, seeds, -1).transpose(0, 1)
+        inputs = x.view(batch, seeds, -1).transpose(0, 1)
+        weights = weight.view(seeds, -1, weight.shape[1])
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.bmm(grads, weights).transpose(0, 1).reshape(x.shape)
+        if ctx.needs_input_grad[1]:
+            columns = grads.transpose(1, 2)
+            # at batch 1 an outer product: the same single products, without bmm's call cost
+            grad_weight = columns * inputs if batch == 1 else torch.bmm(columns, inputs)
+            grad_weight = grad_weight.view(weight.shape)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grads.sum(1).reshape(-1)
+        return grad_x, grad_weight, grad_bias, None
 
 
 class PackedDiagnostics(NormDiagnostics):
