@@ -15,7 +15,7 @@ from normlab.config.identity import run_directory
 from normlab.config.validation import validate
 from normlab.models import build_model
 from normlab.norms import registry
-from normlab.packing import NormGroup, Pack, PackedLinear, pack_model
+from normlab.packing import ConvolutionBackend, NormGroup, Pack, PackedLinear, pack_model
 from normlab.records import CHECKPOINT_FILE
 from normlab.train import pack_key, run, run_seeds
 
@@ -100,6 +100,47 @@ def test_a_packed_step_is_each_seeds_own_step(modes, model, centred, device, mon
             torch.testing.assert_close(param.grad, grads[name], rtol=1e-4, atol=1e-5)
         for name, buffer in models[s].named_buffers():
             torch.testing.assert_close(buffer, buffers[name], rtol=1e-5, atol=1e-6)
+
+
+def test_a_packed_1d_cnn_at_batch_1_runs_atens_convolutions_as_each_seeds_own_step():
+    """At batch 1 on CPU a packed step of the 1-D CNN runs ATen's own convolutions, not
+    oneDNN's; its outputs and gradients still equal each seed's own model's (stepped with
+    oneDNN, the unpacked run's kernels). Other batch sizes and 2-D models keep oneDNN, and
+    the flag is restored on the way out, also when the step raises."""
+    choice = registry.choose({"mode": "batch"})
+    models = []
+    for seed in SEEDS:
+        torch.manual_seed(seed)
+        models.append(build_model("cnn1d", (1, 40), 10, choice.build, depth=2, width=8))
+    pack = Pack(pack_model(models, [NormGroup(choice.build, len(SEEDS))]), models)
+    for seed in SEEDS:
+        pack.load_seed(seed)
+    x = [torch.randn(1, 1, 40, generator=torch.Generator().manual_seed(s)) for s in SEEDS]
+    cpu = torch.device("cpu")
+    backend = ConvolutionBackend(pack.model, 1, cpu)
+    with backend:
+        assert not torch.backends.mkldnn.enabled
+        logits = pack.model(torch.cat(x, dim=1)).view(1, len(SEEDS), 10)
+        sum(F.cross_entropy(logits[:, s], torch.tensor([s])) for s in SEEDS).backward()
+    assert torch.backends.mkldnn.enabled
+    for s in SEEDS:
+        own = models[s](x[s])
+        F.cross_entropy(own, torch.tensor([s])).backward()
+        torch.testing.assert_close(logits[:, s], own, rtol=1e-5, atol=1e-6)
+    pack.store_seed(0)  # the packed gradients, into seed 0's model beside its own
+    reference = models[0]
+    torch.manual_seed(0)
+    alone = build_model("cnn1d", (1, 40), 10, choice.build, depth=2, width=8)
+    F.cross_entropy(alone(x[0]), torch.tensor([0])).backward()
+    for (name, ours), theirs in zip(reference.named_parameters(), alone.parameters(), strict=True):
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-4, atol=1e-5, msg=name)
+    with pytest.raises(RuntimeError), backend:
+        raise RuntimeError("a step that fails")
+    assert torch.backends.mkldnn.enabled
+    mlp = build_model("mlp", (1, 40), 10, choice.build, depth=2, width=8)
+    cnn = build_model("cnn", (1, 28, 28), 10, choice.build, depth=2, width=8)
+    others = ((pack.model, 2), (mlp, 1), (cnn, 1))
+    assert not any(ConvolutionBackend(model, batch, cpu).aten for model, batch in others)
 
 
 def _metrics(run_dir) -> pd.DataFrame:

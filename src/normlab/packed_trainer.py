@@ -32,7 +32,14 @@ from torch import Tensor, nn
 from normlab.metrics import Window
 from normlab.norms import norm_layers
 from normlab.optim import build_optimizer
-from normlab.packing import NormGroup, Pack, PackedDiagnostics, Slot, pack_model
+from normlab.packing import (
+    ConvolutionBackend,
+    NormGroup,
+    Pack,
+    PackedDiagnostics,
+    Slot,
+    pack_model,
+)
 from normlab.progress import RunProgress
 from normlab.schedules import Schedule
 from normlab.signals import SignalGuard
@@ -92,6 +99,7 @@ class PackedTrainer:
         for seed in range(self.seeds):
             self.pack.load_seed(seed)
         self.optimizer = build_optimizer(self.model, self.run, fused=True)
+        self.convolutions = ConvolutionBackend(self.model, self.run.batch_size, self.device)
         self.pack.load_optimizer(self.optimizer, [t.optimizer for t in trainers])
         self.params = list(self.model.parameters())
         self.slots = list(self.pack.param_slots.values())
@@ -176,13 +184,14 @@ class PackedTrainer:
             apply_layer_values(own, group.schedules, group.norms)
         index = torch.stack([t.sampler.next_indices() for _, t in self._running()])
         x, y = self._inputs(index), self.data.y_train[index]
-        with autocast(self.run, self.device):
-            logits = self.model(x).view(y.shape[1], self.seeds, -1)
-            losses = F.cross_entropy(logits.float().permute(0, 2, 1), y.T, reduction="none")
-            losses = losses.mean(dim=0)
-        for param in self.params:  # zero_grad(set_to_none=True) without its wrappers' cost
-            param.grad = None
-        losses.sum().backward()
+        with self.convolutions:
+            with autocast(self.run, self.device):
+                logits = self.model(x).view(y.shape[1], self.seeds, -1)
+                losses = F.cross_entropy(logits.float().permute(0, 2, 1), y.T, reduction="none")
+                losses = losses.mean(dim=0)
+            for param in self.params:  # zero_grad(set_to_none=True) without its wrappers' cost
+                param.grad = None
+            losses.sum().backward()
         if self.run.optim.grad_clip is not None:
             self._clip_per_seed(self.run.optim.grad_clip)
         self._optimizer_step()

@@ -138,6 +138,29 @@ class _PackedLinearFunction(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None
 
 
+class ConvolutionBackend:
+    """A context in which a packed step of ``model`` runs ATen's own convolutions where oneDNN's
+    cost more: at batch 1 on CPU, when every convolution is 1-D (oneDNN's grouped 1-D
+    convolutions take 1.6-2x as long there for the MNIST-1D CNN's layers; at batch 2 the two are
+    even, and its 2-D ones are faster from the MNIST CNN's second layer on). Forward and
+    backward both choose their kernel inside it; elsewhere it changes nothing."""
+
+    def __init__(self, model: nn.Module, batch_size: int, device: torch.device) -> None:
+        convs = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+        one_d = bool(convs) and all(isinstance(m, nn.Conv1d) for m in convs)
+        self.aten = one_d and batch_size == 1 and device.type == "cpu"
+        self._onednn = torch.backends.mkldnn.enabled
+
+    def __enter__(self) -> None:
+        if self.aten:
+            self._onednn = torch.backends.mkldnn.enabled
+            torch.backends.mkldnn.enabled = False
+
+    def __exit__(self, *exc) -> None:
+        if self.aten:
+            torch.backends.mkldnn.enabled = self._onednn
+
+
 class PackedDiagnostics(NormDiagnostics):
     """A packed norm layer's diagnostics: the layer records its ``S * C`` channels as usual, and
     each fold hands every seed its own channels' records (``seeds[s]``, that seed's
