@@ -128,33 +128,22 @@ def cli(tmp_path, monkeypatch, capsys):
     return _cli
 
 
-@dataclasses.dataclass(frozen=True)
-class JoblibSweep:
-    """A finished ``normlab-train -m`` sweep through Hydra's joblib launcher on two workers: one
-    setting, two modes, two seeds (a setting's pack, split between the workers)."""
-
-    results: Path
-    root: Path
-    done: subprocess.CompletedProcess
-
-    def command(self, sweep_dir: Path) -> list[str]:
-        return [
-            *JOBLIB_COMMAND,
-            f"paths.results={self.results}",
-            f"hydra.sweep.dir={sweep_dir}",
-        ]
-
-    def rerun(self, sweep_dir: Path) -> subprocess.CompletedProcess:
-        return _sweep(self.command(sweep_dir))
+def multirun_command(results: Path, sweep: str, *args: str) -> list[str]:
+    """``normlab-train -m`` in a new process, writing into ``results`` as sweep ``sweep``."""
+    return [
+        sys.executable,
+        "-m",
+        "normlab.train",
+        "-m",
+        f"paths.results={results}",
+        f"sweep={sweep}",
+        *FAST,
+        *args,
+    ]
 
 
-JOBLIB_COMMAND = [
-    sys.executable,
-    "-m",
-    "normlab.train",
-    "-m",
-    "sweep=par",
-    *FAST,
+# one setting, two modes, two seeds through Hydra's joblib launcher on two workers
+JOBLIB_SWEEP = (
     "hydra/launcher=joblib",
     "hydra.launcher.n_jobs=2",
     "norm=batch,online",
@@ -162,12 +151,26 @@ JOBLIB_COMMAND = [
     "steps=6",
     "eval_every=3",
     "progress=off",
-]
+)
 
 
-def _sweep(command: list[str]) -> subprocess.CompletedProcess:
+def _joblib_sweep(results: Path, sweep_dir: Path) -> subprocess.CompletedProcess:
+    command = multirun_command(results, "par", *JOBLIB_SWEEP, f"hydra.sweep.dir={sweep_dir}")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+
+
+@dataclasses.dataclass(frozen=True)
+class JoblibSweep:
+    """A finished :data:`JOBLIB_SWEEP` (a setting's pack, split between the two workers): its
+    records, its Hydra sweep folder and what it printed."""
+
+    results: Path
+    root: Path
+    done: subprocess.CompletedProcess
+
+    def rerun(self, sweep_dir: Path) -> subprocess.CompletedProcess:
+        return _joblib_sweep(self.results, sweep_dir)
 
 
 @pytest.fixture(scope="session")
@@ -175,9 +178,8 @@ def joblib_sweep(tmp_path_factory) -> JoblibSweep:
     """One joblib sweep for the tests that check what it prints, writes and skips when rerun
     (each such sweep starts three Python processes: most of a test's time)."""
     tmp = tmp_path_factory.mktemp("joblib_sweep")
-    sweep = JoblibSweep(tmp / "results", tmp / "first", subprocess.CompletedProcess([], 0))
-    done = _sweep(sweep.command(sweep.root))
-    return dataclasses.replace(sweep, done=done)
+    results, root = tmp / "results", tmp / "first"
+    return JoblibSweep(results, root, _joblib_sweep(results, root))
 
 
 def wandb_records(run_dir: Path) -> list[dict]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST, wandb_processes, wandb_records
+from conftest import FAST, multirun_command, wandb_processes, wandb_records
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_class
@@ -23,19 +23,6 @@ from normlab.train import CONF_DIR
 
 TINY = ("steps=6", "eval_every=3", "eval.train_subset=64", "data.val_size=64")
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
-
-
-def multirun_command(results: Path, sweep: str, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "normlab.train",
-        "-m",
-        f"paths.results={results}",
-        f"sweep={sweep}",
-        *FAST,
-        *args,
-    ]
 
 
 def summaries(results: Path, sweep: str) -> list[dict]:

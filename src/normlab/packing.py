@@ -101,7 +101,7 @@ class _PackedLinearFunction(torch.autograd.Function):
     """Every seed's ``x_s @ W_s.T + b_s`` and its gradients as batched matmuls over the seeds,
     each product in the operand layout ATen's CPU ``bmm`` runs fast at small batches: the
     transposed-weight product autograd would derive for the input's gradient takes a slow path
-    there (43 us against 4 us at batch 1, five 128 x 128 seeds; ``scripts/bench_packed.py``).
+    there (43 us against 4 us at batch 1, five 128 x 128 seeds; ``docs/benchmarks.md``).
     The weight's gradient comes out in the parameter's own ``(S * out, in)`` layout."""
 
     @staticmethod
