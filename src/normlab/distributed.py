@@ -131,6 +131,11 @@ def rank_device(device: torch.device, rank: Rank) -> torch.device:
 def init_process_group(
     rank: Rank, store_file: Path, spec: DistributedConfig, device: torch.device
 ) -> None:
+    # torch imports its compiler (torch._dynamo) lazily, with the first optimizer. Imported after
+    # a group exists, it holds references to the group, so destroy_process_group would not stop
+    # gloo's worker threads; one that frees a collective's tensors while the interpreter exits
+    # aborts the rank ("terminate called without an active exception", 1 run in 10 here).
+    torch.compiler.list_backends()  # imports it first: the group stays destroyable
     store_file.parent.mkdir(parents=True, exist_ok=True)
     store = dist.FileStore(str(store_file), rank.world_size)
     dist.init_process_group(
