@@ -46,18 +46,19 @@ import torch
 from bench_trainer import compose_run
 
 from normlab.config.schema import RunConfig
-from normlab.data import Dataset, load_dataset
+from normlab.data import Dataset
 from normlab.packed_trainer import PackedTrainer
 from normlab.progress import RunProgress
 from normlab.records import RunRecord
-from normlab.train import build_run_model, device_name, seed_everything
+from normlab.train import build_run_model, device_name, load_run_data, seed_everything
 from normlab.trainer import Trainer
 
 MODELS = ("mlp", "cnn1d")
 BATCH_SIZES = (1, 4, 16, 128)
 TARGET = 3.0  # at batch sizes <= 16
-# the models of the seed_question studies: the MLP of seed_question_mlp (3 x 128), cnn1d as
-# registered (3 x 32)
+# the models of the seed_question studies: the MLP (3 x 128), cnn1d as registered (3 x 32), the
+# 2-D CNN of seed_question_mnist_cnn (width 16)
+STUDY_SHAPES = {"mlp": ("model.depth=3", "model.width=128"), "cnn": ("model.width=16",)}
 
 
 def seed_configs(
@@ -65,7 +66,7 @@ def seed_configs(
 ) -> list[RunConfig]:
     """The run of each of ``seeds`` in one cell: composed once (Hydra's compose is slow enough
     to matter at 64 seeds), then given each seed."""
-    shape = ["model.depth=3", "model.width=128"] if model == "mlp" else []
+    shape = STUDY_SHAPES.get(model, ())
     groups = ["norm.groups=8"] if mode == "group" else []
     studied = []
     if "," in args.modes:
@@ -78,7 +79,7 @@ def seed_configs(
             "divergence.loss_factor=1e30",
             "divergence.param_norm_factor=1e30",
         ]
-    overrides = (f"model={model}", *shape, f"norm={mode}", *groups, *studied)
+    overrides = (f"data={args.data}", f"model={model}", *shape, f"norm={mode}", *groups, *studied)
     config = compose_run(batch_size, steps, args.device, args.cache, *overrides)
     return [dataclasses.replace(config, seed=seed) for seed in seeds]
 
@@ -108,17 +109,15 @@ def worker(args) -> None:
     """One process's share: its seeds (of every mode) in one pack, in one pack per mode, or one
     after another; prints its seconds."""
     torch.set_num_threads(args.threads)
-    data = load_dataset("mnist1d", cache_dir=args.cache, device=args.device)
     seeds = [int(s) for s in args.worker_seeds.split(",")]
     run_steps = args.warmup + args.steps + 1
+    configs = [
+        seed_configs(args.model, args.batch, run_steps, seeds, mode, args)
+        for mode in args.modes.split(",")
+    ]
+    data = load_run_data(configs[0][0], torch.device(args.device))
     with tempfile.TemporaryDirectory() as tmp:  # records are never opened: nothing is written
-        by_mode = [
-            [
-                trainer_for(c, data, Path(tmp))
-                for c in seed_configs(args.model, args.batch, run_steps, seeds, mode, args)
-            ]
-            for mode in args.modes.split(",")
-        ]
+        by_mode = [[trainer_for(c, data, Path(tmp)) for c in mode] for mode in configs]
         trainers = [t for mode in by_mode for t in mode]
         if args.worker == "alone":
             packs = [[t] for t in trainers]
@@ -148,6 +147,7 @@ def run_workers(args, model: str, batch: int, shares: list[tuple[str, list[int],
             "--worker-seeds", ",".join(map(str, seeds)), "--threads", str(threads),
             "--steps", str(args.steps), "--warmup", str(args.warmup),
             "--device", args.device, "--cache", args.cache, "--modes", args.modes,
+            "--data", args.data,
         ]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         processes.append(subprocess.Popen(command, stdout=subprocess.PIPE, env=env, text=True))
@@ -173,6 +173,9 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--cache", default=".cache/normlab", help="MNIST-1D cache directory")
+    parser.add_argument(
+        "--data", default="mnist1d", help="mnist_5k (with --models mlp,cnn) reads $NORMLAB_DATA"
+    )
     parser.add_argument(
         "--modes", default="batch", help="several: one pack of them all against one per mode"
     )
@@ -213,8 +216,8 @@ def main() -> None:
 
     print(
         f"device: {args.device} ({device_name(args.device)}), torch {torch.__version__}, "
-        f"{args.seeds} seeds of {args.modes}, {args.threads} threads on either side, "
-        f"{os.cpu_count()} cores"
+        f"{args.seeds} seeds of {args.modes} on {args.data}, {args.threads} threads on either "
+        f"side, {os.cpu_count()} cores"
     )
     print(f"{args.steps} timed steps per seed after {args.warmup} warm-up steps\n")
     packed_label = "packed" if len(modes) == 1 else "setting packed"

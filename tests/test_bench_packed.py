@@ -20,7 +20,7 @@ from conftest import CACHE
 def test_each_worker_times_its_steps(kind, capsys):
     args = argparse.Namespace(
         worker=kind, model="mlp", batch=4, worker_seeds="0,1", threads=1, steps=3, warmup=1,
-        device="cpu", cache=str(CACHE), modes="batch,renorm,group",
+        device="cpu", cache=str(CACHE), modes="batch,renorm,group", data="mnist1d",
     )  # fmt: skip
     bench_packed.worker(args)
     seconds = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["seconds"]

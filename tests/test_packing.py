@@ -15,7 +15,15 @@ from normlab.config.identity import run_directory
 from normlab.config.validation import validate
 from normlab.models import build_model
 from normlab.norms import registry
-from normlab.packing import ConvolutionBackend, NormGroup, Pack, PackedLinear, pack_model
+from normlab.packing import (
+    ConvolutionBackend,
+    NormGroup,
+    Pack,
+    PackedLinear,
+    activations_per_example,
+    oversized_reason,
+    pack_model,
+)
 from normlab.records import CHECKPOINT_FILE
 from normlab.train import pack_key, run, run_seeds
 
@@ -323,6 +331,33 @@ def test_pack_is_left_out_of_the_run_id(compose_config):
     one, two = pack_key(compose_config("seed=1")), pack_key(compose_config("seed=2"))
     assert one == two and one[0] is not None
     assert pack_key(compose_config("batch_size=8"))[0] != one[0]
+
+
+SMALL_MLP = ("model=mlp", "model.depth=2", "model.width=16", "device=cpu")
+
+
+def test_activations_per_example_are_every_layers_outputs(compose_config):
+    """Hand count: each of 2 hidden layers outputs 16 values from its linear layer, its norm and
+    its ReLU, then 10 class scores."""
+    run = validate(compose_config(*SMALL_MLP))
+    assert activations_per_example(run) == 2 * 3 * 16 + 10
+
+
+def test_a_cpu_cell_past_pack_max_activations_trains_one_seed_per_process(compose_config):
+    """106 values an example: batch 4 holds 424 a seed-step and packs under a limit of 500;
+    batch 8 holds 848, and its sweep jobs train alone, saying why."""
+    limit = "pack_max_activations=500"
+    key, reason = pack_key(compose_config(*SMALL_MLP, limit, "batch_size=4"))
+    assert key is not None and reason is None
+    key, reason = pack_key(compose_config(*SMALL_MLP, limit, "batch_size=8"))
+    assert key is None
+    assert "model=mlp at batch_size=8 holds 848 activations" in reason and "=500" in reason
+    unlimited = pack_key(compose_config(*SMALL_MLP, "pack_max_activations=0", "batch_size=8"))
+    assert unlimited[0] is not None
+    big = validate(compose_config(*SMALL_MLP, limit, "batch_size=8"))
+    assert oversized_reason(big, torch.device("cuda")) is None, "the limit is the CPU's"
+    default = validate(compose_config(*SMALL_MLP, "batch_size=8"))
+    assert run_directory(big) == run_directory(default), "the limit is not in the run id"
 
 
 def test_a_sweep_packs_a_cells_seeds_and_counts_each_as_a_run(cli):

@@ -155,6 +155,7 @@ def test_every_mode_runs_at_every_batch_size(cli, mode):
             "batch_size=2",
         ),
         (["steps=null"], "steps", "exactly one"),
+        (["pack_max_activations=-1"], "pack_max_activations", ">= 0"),
     ],
 )
 def test_bad_values_fail_validation_naming_key_and_allowed(compose_config, overrides, key, allowed):

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from normlab.config.validation import build_checked_model, run_data_set
 from normlab.norms import RunningStatsNorm, is_batch_dependent, is_batch_independent
 from normlab.norms.diagnostics import NormDiagnostics
 
@@ -65,6 +66,42 @@ class Slot:
 
     def holds(self, seed: int) -> bool:
         return seed in self.places
+
+
+def oversized_reason(run: Any, device: torch.device) -> str | None:
+    """Why ``run``'s cell, which could pack, trains one seed per process: on CPU a pack streams
+    every seed's activations through memory layer after layer, so past
+    ``run.pack_max_activations`` values in one seed's forward (batch size times
+    :func:`activations_per_example`) packing loses to one seed per process
+    (``docs/benchmarks.md``). None where it packs."""
+    limit = run.pack_max_activations
+    if device.type != "cpu" or limit == 0:
+        return None
+    values = run.batch_size * activations_per_example(run)
+    if values <= limit:
+        return None
+    return (
+        f"model={run.model.name} at batch_size={run.batch_size} holds {values:,} activations a "
+        f"seed-step on CPU, over pack_max_activations={limit:,}"
+    )
+
+
+def activations_per_example(run: Any) -> int:
+    """The values every leaf module of ``run``'s model outputs for one example in a forward
+    (built and run on the meta device: nothing allocated or computed)."""
+    data_set = run_data_set(run)
+    counted: list[int] = []
+    with torch.device("meta"):
+        model = build_checked_model(run, data_set.input_shape, data_set.num_classes, _no_norm)
+        for module in model.modules():
+            if next(module.children(), None) is None:
+                module.register_forward_hook(lambda m, i, out: counted.append(out.numel()))
+        model(torch.empty(2, *data_set.input_shape))
+    return sum(counted) // 2
+
+
+def _no_norm(channels: int) -> nn.Module:
+    return nn.Identity()
 
 
 def unpackable_reason(run: Any) -> str | None:

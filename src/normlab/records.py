@@ -48,6 +48,7 @@ RECORD_KEYS = (
     "device",
     "threads",
     "pack",
+    "pack_max_activations",
     "progress",
     "resume",
     "overwrite",

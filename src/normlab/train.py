@@ -43,7 +43,7 @@ from normlab.errors import ConfigError
 from normlab.files import RunLock
 from normlab.norms import kernels
 from normlab.packed_trainer import PackedTrainer
-from normlab.packing import unpackable_reason
+from normlab.packing import oversized_reason, unpackable_reason
 from normlab.progress import finished_line
 from normlab.provenance import cpu_model, provenance
 from normlab.records import (
@@ -455,9 +455,10 @@ def pack_key(cfg: DictConfig) -> tuple[str | None, str | None]:
             return None, f"{node}={target} comes from outside normlab"
     try:
         config = validate(cfg)
+        device = resolve_device(config.device)
     except ConfigError:
         return None, None
-    reason = unpackable_reason(config)
+    reason = unpackable_reason(config) or oversized_reason(config, device)
     if reason is not None:
         return None, reason
     node = OmegaConf.to_container(cfg, resolve=False)

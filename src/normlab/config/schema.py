@@ -192,6 +192,9 @@ class RunConfig:
     precision: str = "float32"  # bfloat16: autocast; norm statistics stay in float32
     threads: int = 0
     pack: bool = True  # a sweep trains a cell's seeds in one packed model (normlab.packing)
+    # on CPU, cells whose one seed's forward holds more activations train one seed per process
+    # (normlab.packing.oversized_reason); 0: no limit
+    pack_max_activations: int = 2_000_000
     deterministic: bool = True
     progress: str = "auto"
     resume: bool = True

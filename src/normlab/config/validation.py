@@ -147,6 +147,7 @@ def _validate_top(run: RunConfig) -> None:
     _at_least("eval_every", run.eval_every, 1)
     _at_least("num_evals", run.num_evals, 1, optional=True)
     _at_least("threads", run.threads, 0)
+    _at_least("pack_max_activations", run.pack_max_activations, 0)
     _one_of("device", run.device, DEVICES)
     _one_of("progress", run.progress, PROGRESS)
     _one_of("precision", run.precision, PRECISIONS)
