@@ -433,16 +433,19 @@ def test_a_mode_whose_seeds_diverge_leaves_a_mixed_pack(compose_config):
         pd.testing.assert_frame_equal(a[numbers], b[numbers], rtol=1e-4, atol=1e-5)
 
 
-def test_a_setting_splits_between_its_modes_only_to_give_each_worker_a_pack():
-    """A sweep of one setting on two workers: its pack splits at the norm boundary nearest
-    half its runs (two packs of modes, as before a setting packed whole); never within a norm,
-    never when the packs already fill the workers or on one worker."""
+def _launcher_cfg(mode: str, steps: int = 10):
     from omegaconf import OmegaConf
 
+    return OmegaConf.create({"norm": {"mode": mode}, "steps": steps, "batch_size": 4})
+
+
+def test_a_setting_splits_between_its_modes_to_give_each_worker_a_pack():
+    """A sweep of one setting on two workers: its pack splits at the norm boundary nearest
+    half its runs (two packs of modes, as before a setting packed whole); never within a norm,
+    never when packs of equal length already fill the workers or on one worker."""
     from hydra_plugins.normlab_launcher.normlab_launcher import _spread
 
-    def cfg(mode: str, batch_size: int = 4):
-        return OmegaConf.create({"norm": {"mode": mode}, "steps": 10, "batch_size": batch_size})
+    cfg = _launcher_cfg
 
     modes = ["batch", "renorm", "batch", "online", "renorm", "online", "group"]
     cfgs = [cfg(m) for m in modes]
@@ -454,3 +457,26 @@ def test_a_setting_splits_between_its_modes_only_to_give_each_worker_a_pack():
     assert _spread([[0, 2]], cfgs, 2) == [[0, 2]], "one norm: nothing to split"
     both = [[0, 1], [2, 3]]
     assert _spread(both, cfgs, 2) == both
+
+
+def test_a_pack_that_would_train_alone_at_the_end_splits_between_its_modes():
+    """A study's final stage on two workers: four settings of 5 modes x 5 seeds, 40,000,
+    10,000, 2,500 and 312 steps. Each pack lasts its steps times (4 + its runs) seed-steps, so
+    the longest, 1,160,000, would leave the other worker idle after 371,548. Split 10 | 15 runs
+    (560,000 and 760,000), the workers end at 841,548 and 850,000; splitting its 15 again
+    (360,000 and 560,000) would end at 929,048, so it stays."""
+    from hydra_plugins.normlab_launcher.normlab_launcher import _spread
+
+    modes = ["batch", "moving_average", "renorm", "online", "group"]
+    cfgs, packs = [], []
+    for steps in (40_000, 10_000, 2_500, 312):
+        runs = [_launcher_cfg(mode, steps) for mode in modes for _ in range(5)]
+        packs.append(list(range(len(cfgs), len(cfgs) + len(runs))))
+        cfgs.extend(runs)
+    spread = _spread(packs, cfgs, 2)
+    assert spread[1:4] == packs[1:], "the shorter settings stay whole"
+    assert sorted(spread[0] + spread[4]) == packs[0]
+    assert [len(spread[0]), len(spread[4])] == [10, 15]
+    halves = [{cfgs[i].norm.mode for i in pack} for pack in (spread[0], spread[4])]
+    assert halves == [set(modes[:2]), set(modes[2:])], "each mode's seeds in one pack"
+    assert _spread(packs, cfgs, 1) == packs

@@ -281,28 +281,59 @@ def _length(pack: list[int], cfgs: Sequence[DictConfig]) -> float:
     return float(steps) * int(OmegaConf.select(cfg, "distributed.world_size", default=1))
 
 
+# A packed step costs about what this many seeds' own work does on top of its seeds' (Python,
+# dispatch and kernel set-up, paid once a step; docs/benchmarks.md: from about 5 at batch 1 to
+# under 1 at batch 128, for the MNIST-1D models on CPU).
+STEP_COST_IN_SEEDS = 4
+
+
+def _duration(pack: list[int], cfgs: Sequence[DictConfig]) -> float:
+    """How long a pack trains, in one seed's steps: its length times its step's cost."""
+    return _length(pack, cfgs) * (STEP_COST_IN_SEEDS + len(pack))
+
+
 def _longest_first(packs: list[list[int]], cfgs: Sequence[DictConfig]) -> list[list[int]]:
-    """The packs in decreasing length, so that a pool of workers finishes together rather than
+    """The packs in decreasing duration, so that a pool of workers finishes together rather than
     one worker running the longest job alone at the end."""
-    return sorted(packs, key=lambda pack: _length(pack, cfgs), reverse=True)
+    return sorted(packs, key=lambda pack: _duration(pack, cfgs), reverse=True)
+
+
+def _makespan(packs: list[list[int]], cfgs: Sequence[DictConfig], workers: int) -> float:
+    """When the last worker finishes, each pack going, longest first, to the least busy one."""
+    loads = [0.0] * workers
+    for pack in _longest_first(packs, cfgs):
+        loads[loads.index(min(loads))] += _duration(pack, cfgs)
+    return max(loads)
 
 
 def _spread(packs: list[list[int]], cfgs: Sequence[DictConfig], workers: int) -> list[list[int]]:
-    """``packs``, the largest split in two between its norms until each of ``workers`` has one
-    (a sweep of one setting on two workers trains its two modes side by side, not one after the
-    other) or no pack holds two norms."""
+    """``packs``, the longest that holds two norms split in two between them, never within a
+    norm: until each of ``workers`` has a pack (a sweep of one setting on two workers trains its
+    two modes side by side, not one after the other), then while a split lets the workers finish
+    sooner (a long pack would otherwise train alone at the end of the sweep)."""
     packs = list(packs)
-    while len(packs) < workers:
+    while True:
         mixed = [pack for pack in packs if len(_by_norm(pack, cfgs)) > 1]
         if not mixed:
-            break
-        largest = max(mixed, key=lambda pack: _length(pack, cfgs) * len(pack))
-        blocks = _by_norm(largest, cfgs)
-        sizes = [sum(len(b) for b in blocks[:cut]) for cut in range(1, len(blocks))]
-        cut = 1 + min(range(len(sizes)), key=lambda i: abs(2 * sizes[i] - len(largest)))
-        packs[packs.index(largest)] = [i for block in blocks[:cut] for i in block]
-        packs.append([i for block in blocks[cut:] for i in block])
-    return packs
+            return packs
+        longest = max(mixed, key=lambda pack: _duration(pack, cfgs))
+        first, second = _halves(longest, cfgs)
+        split = [first if pack is longest else pack for pack in packs] + [second]
+        sooner = _makespan(split, cfgs, workers) < _makespan(packs, cfgs, workers)
+        if len(packs) >= workers and not sooner:
+            return packs
+        packs = split
+
+
+def _halves(pack: list[int], cfgs: Sequence[DictConfig]) -> list[list[int]]:
+    """``pack`` in two at the norm boundary nearest half its runs."""
+    blocks = _by_norm(pack, cfgs)
+    sizes = [sum(len(b) for b in blocks[:cut]) for cut in range(1, len(blocks))]
+    cut = 1 + min(range(len(sizes)), key=lambda i: abs(2 * sizes[i] - len(pack)))
+    return [
+        [i for block in blocks[:cut] for i in block],
+        [i for block in blocks[cut:] for i in block],
+    ]
 
 
 def _by_norm(pack: list[int], cfgs: Sequence[DictConfig]) -> list[list[int]]:
