@@ -23,6 +23,7 @@ from normlab.packing import (
     activations_per_example,
     oversized_reason,
     pack_model,
+    relative_step_cost,
 )
 from normlab.records import CHECKPOINT_FILE
 from normlab.train import pack_key, run, run_seeds
@@ -341,6 +342,12 @@ def test_activations_per_example_are_every_layers_outputs(compose_config):
     its ReLU, then 10 class scores."""
     run = validate(compose_config(*SMALL_MLP))
     assert activations_per_example(run) == 2 * 3 * 16 + 10
+
+
+def test_a_steps_cost_grows_with_its_batchs_activations(compose_config):
+    """106 values an example: a step at batch 8 costs 1 + 8 * 106 / 20,000 of one at batch 1."""
+    run = validate(compose_config(*SMALL_MLP, "batch_size=8"))
+    assert relative_step_cost(run) == pytest.approx(1 + 8 * 106 / 20_000, rel=1e-12)
 
 
 def test_a_cpu_cell_past_pack_max_activations_trains_one_seed_per_process(compose_config):

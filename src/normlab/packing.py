@@ -86,6 +86,17 @@ def oversized_reason(run: Any, device: torch.device) -> str | None:
     )
 
 
+# In the studies' 25-seed packs a packed step's cost grew with the batch size as about
+# 1 + batch * activations an example / this, for the MLPs and cnn1d alike (docs/benchmarks.md).
+ACTIVATIONS_PER_BATCH_1_STEP = 20_000
+
+
+def relative_step_cost(run: Any) -> float:
+    """What a step of ``run``'s cell costs against one at batch 1: the launcher's reckoning of
+    how long a pack trains."""
+    return 1 + run.batch_size * activations_per_example(run) / ACTIVATIONS_PER_BATCH_1_STEP
+
+
 def activations_per_example(run: Any) -> int:
     """The values every leaf module of ``run``'s model outputs for one example in a forward
     (built and run on the meta device: nothing allocated or computed)."""

@@ -43,7 +43,7 @@ from normlab.errors import ConfigError
 from normlab.files import RunLock
 from normlab.norms import kernels
 from normlab.packed_trainer import PackedTrainer
-from normlab.packing import oversized_reason, unpackable_reason
+from normlab.packing import oversized_reason, relative_step_cost, unpackable_reason
 from normlab.progress import finished_line
 from normlab.provenance import cpu_model, provenance
 from normlab.records import (
@@ -466,6 +466,15 @@ def pack_key(cfg: DictConfig) -> tuple[str | None, str | None]:
     node.pop("norm", None)
     node.get("optim", {}).pop("lr_factor", None)
     return json.dumps(node, sort_keys=True, default=str), None
+
+
+def step_cost(cfg: DictConfig) -> float:
+    """:func:`normlab.packing.relative_step_cost` of a sweep job; 1 for a config left to
+    :func:`run` to report."""
+    try:
+        return relative_step_cost(validate(cfg))
+    except Exception:  # only a reckoning: never a reason to stop a sweep
+        return 1.0
 
 
 def run_seeds_in_sweep(cfgs: Sequence[DictConfig]) -> list[dict[str, Any]]:

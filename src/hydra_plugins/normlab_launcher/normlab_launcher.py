@@ -288,8 +288,26 @@ STEP_COST_IN_SEEDS = 4
 
 
 def _duration(pack: list[int], cfgs: Sequence[DictConfig]) -> float:
-    """How long a pack trains, in one seed's steps: its length times its step's cost."""
-    return _length(pack, cfgs) * (STEP_COST_IN_SEEDS + len(pack))
+    """How long a pack trains, in one seed's steps at batch 1: its length times its step's cost
+    (:func:`normlab.train.step_cost`, the same for every job of a pack)."""
+    return _length(pack, cfgs) * (STEP_COST_IN_SEEDS + len(pack)) * _step_cost(cfgs[pack[0]])
+
+
+def _step_cost(cfg: DictConfig) -> float:
+    from normlab.train import step_cost
+
+    key = json.dumps(
+        [OmegaConf.to_container(cfg, resolve=False).get(k) for k in ("model", "data")]
+        + [cfg.get("batch_size")],
+        sort_keys=True,
+        default=str,
+    )
+    if key not in _STEP_COSTS:
+        _STEP_COSTS[key] = step_cost(cfg)
+    return _STEP_COSTS[key]
+
+
+_STEP_COSTS: dict[str, float] = {}
 
 
 def _longest_first(packs: list[list[int]], cfgs: Sequence[DictConfig]) -> list[list[int]]:
