@@ -25,9 +25,10 @@ A model or mode from outside the package (``_target_``) may mix channels in its 
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -99,7 +100,18 @@ def relative_step_cost(run: Any) -> float:
 
 def activations_per_example(run: Any) -> int:
     """The values every leaf module of ``run``'s model outputs for one example in a forward
-    (built and run on the meta device: nothing allocated or computed)."""
+    (built and run on the meta device: nothing allocated or computed). Counted once per model
+    and data config: a sweep asks for every job of a setting."""
+    key = json.dumps([asdict(run.model), asdict(run.data)], sort_keys=True, default=str)
+    if key not in _ACTIVATIONS:
+        _ACTIVATIONS[key] = _count_activations(run)
+    return _ACTIVATIONS[key]
+
+
+_ACTIVATIONS: dict[str, int] = {}
+
+
+def _count_activations(run: Any) -> int:
     data_set = run_data_set(run)
     counted: list[int] = []
     with torch.device("meta"):

@@ -296,8 +296,9 @@ def _duration(pack: list[int], cfgs: Sequence[DictConfig]) -> float:
 def _step_cost(cfg: DictConfig) -> float:
     from normlab.train import step_cost
 
+    nodes = [OmegaConf.select(cfg, k) for k in ("model", "data")]
     key = json.dumps(
-        [OmegaConf.to_container(cfg, resolve=False).get(k) for k in ("model", "data")]
+        [OmegaConf.to_container(n, resolve=False) if n is not None else None for n in nodes]
         + [cfg.get("batch_size")],
         sort_keys=True,
         default=str,
