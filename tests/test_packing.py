@@ -205,13 +205,23 @@ def test_packed_linear_is_each_seeds_linear_layer(batch, bias):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
 
 
-def test_lr_factors_pack_with_each_seeds_own_learning_rate(compose_config):
-    """The selection stage packs factors: each run steps with its own learning rate (AdamW
-    with weight decay and clipping: every term of the step scales with it)."""
-    extra = ["optim=adamw", "optim.weight_decay=0.1", "optim.grad_clip=0.5"]
-    cfgs = [compose_config(*TINY, *extra, f"optim.lr_factor={f}") for f in (0.5, 1.0, 2.0)]
+@pytest.mark.parametrize(
+    ("extra", "factors"),
+    [
+        (["optim=adamw", "optim.weight_decay=0.1"], (0.5, 1.0, 2.0)),
+        (["optim.weight_decay=0.1"], (0.5, 1.0, 2.0, 0.3)),
+        (["optim.weight_decay=0.1", "optim.nesterov=true"], (1.0, 0.25, 3.0)),
+        (["optim.weight_decay=0.1", "optim.momentum=0.0"], (2.0, 1.0, 0.5)),
+    ],
+)
+def test_lr_factors_pack_with_each_seeds_own_learning_rate(compose_config, extra, factors):
+    """The selection stage packs factors: each run steps with its own learning rate, with
+    weight decay and clipping (every term of the step scales with it): AdamW, and SGD with
+    momentum, Nesterov's and none, also at factors that are not powers of two."""
+    extra = [*extra, "optim.grad_clip=0.5"]
+    cfgs = [compose_config(*TINY, *extra, f"optim.lr_factor={f}") for f in factors]
     packed = run_seeds(cfgs)
-    for factor, summary in zip((0.5, 1.0, 2.0), packed, strict=True):
+    for factor, summary in zip(factors, packed, strict=True):
         alone = run(compose_config(*TINY, *extra, f"optim.lr_factor={factor}", "sweep=alone"))
         assert summary["run_id"] == alone["run_id"]
         ours, theirs = _metrics(summary["run_dir"]), _metrics(alone["run_dir"])
@@ -299,9 +309,33 @@ def test_the_last_seed_running_trains_on_as_its_own_run(compose_config):
 def test_resume_after_a_kill_resumes_every_seed(compose_config, monkeypatch):
     """A pack killed after its first checkpoint resumes each seed from its own checkpoint and
     ends with the numbers of a pack never stopped."""
+    cfgs = [compose_config(*TINY, f"seed={s}") for s in SEEDS]
+    resumed = _killed_after_step_four_and_resumed(cfgs, monkeypatch)
+    whole = run_seeds([compose_config(*TINY, f"seed={s}", "sweep=whole") for s in SEEDS])
+    for ours, theirs in zip(resumed, whole, strict=True):
+        assert ours["status"] == "completed" and ours["resumed_from_step"] == 4
+        a, b = _metrics(ours["run_dir"]), _metrics(theirs["run_dir"])
+        numbers = [c for c in a.columns if not c.endswith("_seconds")]
+        pd.testing.assert_frame_equal(a[numbers], b[numbers], rtol=1e-6, atol=1e-7)
+
+
+def test_a_resumed_pack_of_lr_factors_keeps_each_seeds_momentum(compose_config, monkeypatch):
+    """Each seed's checkpoint holds its own momentum (the packed SGD's buffer holds it times
+    the seed's factor): killed and resumed, every factor ends as its unpacked run."""
+    factors = (1.0, 0.5, 2.0)
+    cfgs = [compose_config(*TINY, f"optim.lr_factor={f}") for f in factors]
+    resumed = _killed_after_step_four_and_resumed(cfgs, monkeypatch)
+    for factor, ours in zip(factors, resumed, strict=True):
+        alone = run(compose_config(*TINY, f"optim.lr_factor={factor}", "sweep=alone"))
+        assert ours["resumed_from_step"] == 4
+        a, b = _metrics(ours["run_dir"]), _metrics(alone["run_dir"])
+        numbers = [c for c in a.columns if not c.endswith("_seconds")]
+        pd.testing.assert_frame_equal(a[numbers], b[numbers], rtol=1e-4, atol=1e-5)
+
+
+def _killed_after_step_four_and_resumed(cfgs, monkeypatch) -> list[dict]:
     from normlab import packed_trainer
 
-    cfgs = [compose_config(*TINY, f"seed={s}") for s in SEEDS]
     original = packed_trainer.PackedTrainer._iteration
 
     def killed_after_step_four(self):
@@ -315,13 +349,7 @@ def test_resume_after_a_kill_resumes_every_seed(compose_config, monkeypatch):
     monkeypatch.setattr(packed_trainer.PackedTrainer, "_iteration", original)
     for cfg in cfgs:
         assert (run_directory(validate(cfg)) / CHECKPOINT_FILE).exists()
-    resumed = run_seeds(cfgs)
-    whole = run_seeds([compose_config(*TINY, f"seed={s}", "sweep=whole") for s in SEEDS])
-    for ours, theirs in zip(resumed, whole, strict=True):
-        assert ours["status"] == "completed" and ours["resumed_from_step"] == 4
-        a, b = _metrics(ours["run_dir"]), _metrics(theirs["run_dir"])
-        numbers = [c for c in a.columns if not c.endswith("_seconds")]
-        pd.testing.assert_frame_equal(a[numbers], b[numbers], rtol=1e-6, atol=1e-7)
+    return run_seeds(cfgs)
 
 
 def test_pack_is_left_out_of_the_run_id(compose_config):

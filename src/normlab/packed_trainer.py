@@ -5,8 +5,9 @@ evaluator, checkpoint): the packed trainer only replaces the training step. Per 
 draws its batch from its own sampler, the batches go in as the seeds' channel groups, and the
 loss is the sum over seeds of each seed's mean cross-entropy, so each seed's gradient is the one
 its unpacked run computes; clipping is per seed, and a seed's learning rate differs from the
-first's by a constant factor (a study's selection stage), applied to its slice of the step: SGD
-and AdamW steps are linear in the learning rate. Whenever a row, a divergence check or a
+first's by a constant factor (a study's selection stage): under SGD its gradient is scaled by the
+factor before the step, under AdamW its slice of the step after it (both steps are linear in the
+learning rate). Whenever a row, a divergence check or a
 checkpoint falls due, each seed's slice is copied into its own model and optimizer and its own
 trainer logs, evaluates and checkpoints exactly as unpacked. A seed that diverges stops alone:
 its row and record are written at that step, and the seeds still running are packed again
@@ -112,6 +113,9 @@ class PackedTrainer:
         self.lr_ratios = (
             None if all(r == 1.0 for r in ratios) else torch.tensor(ratios, device=self.device)
         )
+        self.scaled_sgd = self.lr_ratios is not None and isinstance(self.optimizer, torch.optim.SGD)
+        if self.scaled_sgd:
+            self._scale_gradients_instead()
         # the seeds' losses and predictions side by side, until a seed's own window needs them
         self.window = Window(
             pending_losses=[
@@ -217,9 +221,31 @@ class PackedTrainer:
         for grad, slot in held:
             grad.view(slot.seeds, -1).mul_(_rows(coef, slot))
 
+    def _scale_gradients_instead(self) -> None:
+        """An SGD step is linear in its gradient, weight decay included: seed ``s`` steps at
+        ``r_s`` times the first seed's rate if the packed optimizer (its weight decay taken
+        out) gets ``r_s * (grad + decay * param)``, and its momentum buffer then holds ``r_s``
+        times the seed's own (undone in :meth:`_sync`). Exact for the powers of two a study's
+        factors are; the other way round (stepping, then rescaling each update) costs three
+        more ops per tensor and a copy of the parameters every step."""
+        self.ratio_rows = [_rows(self.lr_ratios, slot) for slot in self.slots]
+        groups = self.optimizer.param_groups
+        decays = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+        self.decays = [decays[id(p)] for p in self.params]
+        for group in self.optimizer.param_groups:
+            group["weight_decay"] = 0.0
+        with torch.no_grad():
+            for param, rows in zip(self.params, self.ratio_rows, strict=True):
+                buffer = self.optimizer.state.get(param, {}).get("momentum_buffer")
+                if buffer is not None:
+                    buffer.view(len(rows), -1).mul_(rows)
+
     def _optimizer_step(self) -> None:
         if self.lr_ratios is None:
             self.optimizer.step()
+            return
+        if self.scaled_sgd:
+            self._scaled_sgd_step()
             return
         with torch.no_grad():
             before = [p.detach().clone() for p in self.params]
@@ -229,6 +255,21 @@ class PackedTrainer:
                 delta = param.sub_(old).view(slot.seeds, -1)
                 delta.mul_(_rows(self.lr_ratios, slot))
                 param.add_(old)
+
+    @torch.no_grad()
+    def _scaled_sgd_step(self) -> None:
+        grads = [p.grad for p in self.params]
+        for param, grad, rows, decay in zip(
+            self.params, grads, self.ratio_rows, self.decays, strict=True
+        ):
+            if grad is None:
+                continue
+            scaled = torch.add(grad, param, alpha=decay) if decay else grad.clone()
+            scaled.view(len(rows), -1).mul_(rows)
+            param.grad = scaled
+        self.optimizer.step()
+        for param, grad in zip(self.params, grads, strict=True):
+            param.grad = grad  # the seeds' rows report their own gradients
 
     # ------------------------------------------------------------------ per-seed measurements
 
@@ -292,6 +333,10 @@ class PackedTrainer:
         self.pack.store_seed(index)
         self.pack.store_optimizer(self.optimizer, index, trainer.optimizer)
         ratio = 1.0 if self.lr_ratios is None else float(self.lr_ratios[index])
+        if self.scaled_sgd:
+            for state in trainer.optimizer.state.values():
+                if state.get("momentum_buffer") is not None:
+                    state["momentum_buffer"].div_(ratio)
         for group in trainer.optimizer.param_groups:
             group["lr"] = self.optimizer.param_groups[0]["lr"] * ratio
         for layer in self.norms.values():
