@@ -24,8 +24,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normlab.metrics import accuracy, gap_metrics
+from normlab.models import forward_activations
 from normlab.norms import RunningStatsNorm, is_batch_independent, norm_layers
 from normlab.precise_bn import recompute_population_stats
+
+# On CPU a forward of more activations than this spills out of the caches: the MNIST CNN's
+# 1,000 validation images in eval mode took 4x as long in one forward as in chunks of 32-64
+# (docs/benchmarks.md).
+CPU_FORWARD_ACTIVATIONS = 4_000_000
 
 
 class Evaluator:
@@ -33,6 +39,8 @@ class Evaluator:
 
     ``sets`` maps a name (``val``, ``train_subset``) to inputs, labels and the train-mode
     batches (index tensors of the run's batch size); ``layers`` are the model's norm layers.
+    A forward takes ``eval_batch_size`` rows, on CPU fewer where that many would hold more
+    than ``CPU_FORWARD_ACTIVATIONS`` values (each row's outputs are the same either way).
     """
 
     def __init__(
@@ -44,6 +52,18 @@ class Evaluator:
     ) -> None:
         self.model, self.sets, self.eval_batch_size = model, sets, eval_batch_size
         self.stackable = all(_stackable(layer) for layer in layers)
+        self._rows: int | None = None
+
+    def rows_per_forward(self, x: Tensor) -> int:
+        """How many rows of ``x`` one evaluation forward takes (counted on the first call)."""
+        if self._rows is None:
+            self._rows = self.eval_batch_size
+            if x.device.type == "cpu":
+                with preserved_state(self.model):
+                    self.model.eval()
+                    per_row = max(1, forward_activations(self.model, x[:1]))
+                self._rows = min(self._rows, max(1, CPU_FORWARD_ACTIVATIONS // per_row))
+        return self._rows
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -65,14 +85,14 @@ class Evaluator:
         return row
 
     def eval_logits(self, x: Tensor) -> Tensor:
+        size = self.rows_per_forward(x)
         self.model.eval()
-        size = self.eval_batch_size
         return torch.cat([self.model(x[i : i + size]) for i in range(0, len(x), size)])
 
     def train_mode_logits(self, x: Tensor, batch_size: int) -> Tensor:
         """The forward as trained of each consecutive ``batch_size`` rows of ``x``, every batch
         from the trained state; buffers and switches are as before afterwards."""
-        groups = max(1, self.eval_batch_size // batch_size)
+        groups = max(1, self.rows_per_forward(x) // batch_size)
         chunks = [x[i : i + groups * batch_size] for i in range(0, len(x), groups * batch_size)]
         with preserved_state(self.model):
             self.model.train()

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from normlab.config.validation import build_checked_model, run_data_set
+from normlab.models import forward_activations
 from normlab.norms import RunningStatsNorm, is_batch_dependent, is_batch_independent
 from normlab.norms.diagnostics import NormDiagnostics
 
@@ -113,14 +114,9 @@ _ACTIVATIONS: dict[str, int] = {}
 
 def _count_activations(run: Any) -> int:
     data_set = run_data_set(run)
-    counted: list[int] = []
     with torch.device("meta"):
         model = build_checked_model(run, data_set.input_shape, data_set.num_classes, _no_norm)
-        for module in model.modules():
-            if next(module.children(), None) is None:
-                module.register_forward_hook(lambda m, i, out: counted.append(out.numel()))
-        model(torch.empty(2, *data_set.input_shape))
-    return sum(counted) // 2
+        return forward_activations(model, torch.empty(2, *data_set.input_shape)) // 2
 
 
 def _no_norm(channels: int) -> nn.Module:

@@ -35,7 +35,13 @@ from normlab.models import convnet
 from normlab.models import resnet
 
 # isort: split
-from normlab.models.parts import NormFactory, centre_weights, prenorm_biases, prenorm_layers
+from normlab.models.parts import (
+    NormFactory,
+    centre_weights,
+    forward_activations,
+    prenorm_biases,
+    prenorm_layers,
+)
 from normlab.models.registry import CONTRACT, Model, build_model, choose, get, names, register
 
 BUILT_IN = (mlp, convnet, resnet)
@@ -48,6 +54,7 @@ __all__ = [
     "build_model",
     "centre_weights",
     "choose",
+    "forward_activations",
     "get",
     "names",
     "prenorm_biases",

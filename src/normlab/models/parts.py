@@ -95,3 +95,17 @@ def centre_prenorm_weights(model: nn.Module) -> nn.Module:
     for layer in prenorm_layers(model):
         centre_weights(layer)
     return model
+
+
+def forward_activations(model: nn.Module, x: torch.Tensor) -> int:
+    """The values every leaf module of ``model`` outputs in its forward of ``x`` (as it is:
+    train or eval mode, on ``x``'s device, the meta device included)."""
+    counted: list[int] = []
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    hooks = [m.register_forward_hook(lambda m, i, out: counted.append(out.numel())) for m in leaves]
+    try:
+        model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sum(counted)
