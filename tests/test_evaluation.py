@@ -13,13 +13,15 @@ from normlab.evaluation import Evaluator
 from normlab.models import build_model
 from normlab.norms import norm_layers, registry
 
-MODES = ("batch", "moving_average", "renorm", "online", "mabn", "group")
+# mabn past its batch phase (a window of 2 steps, no warm-up): its forward reads the window
+MODES = ("batch", "moving_average", "renorm", "online", "mabn", "mabn windowed", "group")
+OPTIONS = {"group": {"groups": 4}, "mabn windowed": {"buffer_size": 2, "warmup_iters": 0}}
 
 
 def _trained_model(mode: str, model: str = "cnn1d") -> torch.nn.Module:
     """A small model whose running statistics have moved from their initial values."""
     torch.manual_seed(0)
-    choice = registry.choose({"mode": mode, **({"groups": 4} if mode == "group" else {})})
+    choice = registry.choose({"mode": mode.split()[0], **OPTIONS.get(mode, {})})
     net = build_model(model, (1, 40), 10, choice.build, depth=2, width=8)
     net.train()
     with torch.no_grad():

@@ -170,8 +170,8 @@ class _Widened(nn.Module):
             for name, param in list(self.layer.named_parameters(recurse=False)):
                 setattr(self.layer, name, nn.Parameter(param.repeat(groups), requires_grad=False))
             for name, buffer in list(self.layer.named_buffers(recurse=False)):
-                if buffer.dim() == 1 and len(buffer) == channels:
-                    self.layer._buffers[name] = buffer.repeat(groups)
+                if buffer.dim() and buffer.shape[-1] == channels:  # per channel, or windows of it
+                    self.layer._buffers[name] = buffer.repeat(*[1] * (buffer.dim() - 1), groups)
         self.layer.num_features = channels * groups
         self.layer.track_diagnostics = False
 

@@ -105,7 +105,7 @@ class MovingAverageBatchNorm(RunningStatsNorm):
     step's ``psi`` row as it was (the row of step ``t - K``), as in MABN2d.
     """
 
-    channel_separable = False  # the (K, C) windows do not widen with the 1-D buffers
+    channel_separable = True  # its (K, C) windows widen along C as the 1-D buffers do
     syncable = True
 
     def __init__(
