@@ -12,6 +12,7 @@ from normlab import evaluation
 from normlab.evaluation import Evaluator
 from normlab.models import build_model
 from normlab.norms import norm_layers, registry
+from normlab.precise_bn import recompute_population_stats
 
 # mabn past its batch phase (a window of 2 steps, no warm-up): its forward reads the window
 MODES = ("batch", "moving_average", "renorm", "online", "mabn", "mabn windowed", "group")
@@ -91,3 +92,27 @@ def test_a_cpu_forward_takes_as_many_rows_as_the_activations_budget_allows(monke
     assert _evaluator(net, x, [], 32).rows_per_forward(x) == 1000 // 106
     monkeypatch.setattr(evaluation, "CPU_FORWARD_ACTIVATIONS", 10**6)
     assert _evaluator(net, x, [], 32).rows_per_forward(x) == 32
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_precise_statistics_of_stacked_batches_are_those_of_one_batch_at_a_time(
+    mode, budget, monkeypatch
+):
+    """Seven batches of 4, stacked as the budget allows (all of them, two a forward with the
+    last alone, or one), give the accuracy and loss of statistics recomputed batch by batch
+    (tests/test_precise_bn.py checks those against a hand computation). MABN's windows roll
+    through the batches of the pass, so its batches go one at a time."""
+    if budget is not None:
+        monkeypatch.setattr(evaluation, "CPU_FORWARD_ACTIVATIONS", budget)
+    net = _trained_model(mode)
+    x, y = torch.randn(40, 1, 40), torch.randint(0, 10, (40,))
+    data = [torch.randn(4, 1, 40) * 1.5 + 0.5 for _ in range(7)]
+    reference = copy.deepcopy(net)
+    assert recompute_population_stats(reference, data) == (0 if mode == "group" else 7)
+    with torch.no_grad():
+        logits = reference.eval()(x)
+    ours = _evaluator(net, x, [], 1000).precise(lambda: iter(data), x, y)
+    expected = torch.nn.functional.cross_entropy(logits, y).item()
+    assert ours["val_loss_precise"] == pytest.approx(expected, rel=1e-5)
+    assert ours["val_acc_precise"] == (logits.argmax(1) == y).float().mean().item()

@@ -127,10 +127,11 @@ def test_precise_statistics_over_a_number_of_examples_at_the_last_row_only(cli, 
 
     counted = []
 
-    def counting(model, batches):
-        batches = list(batches)
-        counted.append((len(batches), sum(len(b) for b in batches)))
-        return recompute_population_stats(model, batches)
+    def counting(model, batches, forward=None):
+        batches = list(batches)  # stacked: one forward's input may hold several batches
+        used = recompute_population_stats(model, batches, forward)
+        counted.append((used, sum(len(b) for b in batches)))
+        return used
 
     monkeypatch.setattr(evaluation, "recompute_population_stats", counting)
     result = cli(

@@ -17,7 +17,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import chain, islice
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,8 @@ class Evaluator:
     ) -> None:
         self.model, self.sets, self.eval_batch_size = model, sets, eval_batch_size
         self.stackable = all(_stackable(layer) for layer in layers)
+        history = any(getattr(layer, "reads_past_batches", False) for layer in layers)
+        self.precise_stackable = self.stackable and not history
         self._rows: int | None = None
 
     def rows_per_forward(self, x: Tensor) -> int:
@@ -118,7 +121,7 @@ class Evaluator:
         PreciseBN), the model as it was afterwards."""
         started = time.perf_counter()
         with preserved_state(self.model):
-            recompute_population_stats(self.model, batches())
+            recompute_population_stats(self.model, *self._precise_forwards(batches(), x))
             logits = self.eval_logits(x)
         return {
             "val_acc_precise": accuracy(logits, y),
@@ -126,11 +129,29 @@ class Evaluator:
             "precise_seconds": time.perf_counter() - started,
         }
 
+    def _precise_forwards(self, batches: Iterator[Tensor], x: Tensor) -> tuple[Iterable, Callable]:
+        """The precise statistics' batches and forward: with per-channel layers that read no
+        earlier batch, as many batches stacked in one forward as :meth:`train_mode_logits`
+        stacks."""
+        first = next(batches, None)
+        if first is None or not self.precise_stackable:
+            return ([] if first is None else chain([first], batches)), self.model
+        groups = max(1, self.rows_per_forward(x) // len(first))
+        stacked = (torch.cat(group) for group in batched(chain([first], batches), groups))
+        return stacked, lambda chunk: self._stacked(chunk, len(first))
+
 
 def _stackable(layer: nn.Module) -> bool:
     if isinstance(layer, RunningStatsNorm):
         return type(layer).channel_separable
     return is_batch_independent(layer)
+
+
+def batched(items: Iterable[Tensor], size: int) -> Iterator[list[Tensor]]:
+    """Consecutive lists of ``size`` items (the last one shorter)."""
+    items = iter(items)
+    while group := list(islice(items, size)):
+        yield group
 
 
 @contextlib.contextmanager

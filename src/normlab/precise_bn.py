@@ -9,6 +9,7 @@ training differs from population-statistics inference".
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from itertools import repeat
 
 import torch
 from torch import Tensor, nn
@@ -32,12 +33,18 @@ def recompute_population_stats(
     against), the second moment ``<x^2>`` for ``mabn``. Nothing else of the model changes:
     parameters are never touched, and the other buffers, momentum, the train/eval flag and
     diagnostics switches are restored. Returns the number of batches used.
+
+    ``forward`` may run several batches as one (stacked along the channels of widened copies
+    of the layers, :mod:`normlab.evaluation`): a layer's input of ``G`` times its channels is
+    recorded as ``G`` batches, batch ``g`` its channels ``g * C`` to ``(g + 1) * C``.
     """
     layers = norm_layers(model)
     records: dict[str, list[tuple[Tensor, Tensor, int]]] = {name: [] for name in layers}
     saved = _freeze(layers)
+    # a widened copy of a layer (copy.deepcopy) carries these hooks, and records into the same list
     handles = [
-        layer.register_forward_pre_hook(_recorder(records[name])) for name, layer in layers.items()
+        layer.register_forward_pre_hook(_recorder(records[name], layer.num_features))
+        for name, layer in layers.items()
     ]
     was_training = model.training
     model.train()
@@ -54,10 +61,12 @@ def recompute_population_stats(
     return min((len(r) for r in records.values()), default=0)
 
 
-def _recorder(records: list[tuple[Tensor, Tensor, int]]) -> Callable:
+def _recorder(records: list[tuple[Tensor, Tensor, int]], channels: int) -> Callable:
     def hook(module: nn.Module, args: tuple[Tensor, ...]) -> None:
         x = args[0]
-        records.append((*batch_stats(x), values_per_channel(x)))
+        count = values_per_channel(x)
+        mean, var = batch_stats(x)
+        records.extend(zip(mean.split(channels), var.split(channels), repeat(count), strict=False))
 
     return hook
 

@@ -85,6 +85,9 @@ class RunningStatsNorm(nn.Module):
     # True: channels never interact, so independent batches may be stacked along the channel
     # dim of a widened copy (normlab.evaluation); a layer mixing channels leaves it False
     channel_separable: ClassVar[bool] = False
+    # True: a training forward reads what earlier ones left (MABN's windows of past steps), so
+    # the batches of one pass of precise statistics (normlab.precise_bn) are not independent
+    reads_past_batches: ClassVar[bool] = False
     # the diagnostics a layer that clips corrections records: per field, the fraction of
     # channels clipped (one row each of the step's raw record, filled by the layer)
     clip_fields: ClassVar[tuple[str, ...]] = ()

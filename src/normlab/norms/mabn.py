@@ -106,6 +106,7 @@ class MovingAverageBatchNorm(RunningStatsNorm):
     """
 
     channel_separable = True  # its (K, C) windows widen along C as the 1-D buffers do
+    reads_past_batches = True
     syncable = True
 
     def __init__(
