@@ -10,7 +10,7 @@ import torch
 
 from normlab import evaluation
 from normlab.evaluation import Evaluator
-from normlab.models import build_model
+from normlab.models import build_model, forward_activations
 from normlab.norms import norm_layers, registry
 from normlab.precise_bn import recompute_population_stats
 
@@ -116,3 +116,25 @@ def test_precise_statistics_of_stacked_batches_are_those_of_one_batch_at_a_time(
     expected = torch.nn.functional.cross_entropy(logits, y).item()
     assert ours["val_loss_precise"] == pytest.approx(expected, rel=1e-5)
     assert ours["val_acc_precise"] == (logits.argmax(1) == y).float().mean().item()
+
+
+class _PairOut(torch.nn.Module):
+    """A user's leaf layer that returns a tuple: its output and a per-row scale."""
+
+    def forward(self, x):
+        return x * 2, x.sum(dim=1)
+
+
+class _WithPair(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear, self.pair = torch.nn.Linear(6, 4), _PairOut()
+
+    def forward(self, x):
+        out, scale = self.pair(self.linear(x))
+        return out * scale.unsqueeze(1)
+
+
+def test_a_leaf_that_returns_a_tuple_counts_its_tensors():
+    """Hand count for one row: the linear layer's 4 values, the pair's 4 + 1."""
+    assert forward_activations(_WithPair(), torch.randn(1, 6)) == 4 + 4 + 1

@@ -7,11 +7,11 @@ loss is the sum over seeds of each seed's mean cross-entropy, so each seed's gra
 its unpacked run computes; clipping is per seed, and a seed's learning rate differs from the
 first's by a constant factor (a study's selection stage): under SGD its gradient is scaled by the
 factor before the step, under AdamW its slice of the step after it (both steps are linear in the
-learning rate). Whenever a row, a divergence check or a
-checkpoint falls due, each seed's slice is copied into its own model and optimizer and its own
-trainer logs, evaluates and checkpoints exactly as unpacked. A seed that diverges stops alone:
-its row and record are written at that step, and the seeds still running are packed again
-without it (a narrower model), so nothing moves it and its slice costs no later step.
+learning rate). Whenever a row, a divergence check or a checkpoint falls due, each seed's slice
+is copied into its own model and optimizer and its own trainer logs, evaluates and checkpoints
+exactly as unpacked. A seed that diverges stops alone: its row and record are written at that
+step, and the seeds still running are packed again without it (a narrower model), so nothing
+moves it and its slice costs no later step.
 
 Seeds of different norms (a setting's modes) pack too: the pack orders its seeds by norm, each
 norm's seeds one group of the packed model (:class:`~normlab.packing.SplitNorm`), and each

@@ -99,10 +99,16 @@ def centre_prenorm_weights(model: nn.Module) -> nn.Module:
 
 def forward_activations(model: nn.Module, x: torch.Tensor) -> int:
     """The values every leaf module of ``model`` outputs in its forward of ``x`` (as it is:
-    train or eval mode, on ``x``'s device, the meta device included)."""
+    train or eval mode, on ``x``'s device, the meta device included); a leaf's output other than
+    one tensor (a user's layer may return a tuple) counts its tensors."""
     counted: list[int] = []
+
+    def count(module: nn.Module, inputs: tuple, out: object) -> None:
+        outputs = out if isinstance(out, (tuple, list)) else (out,)
+        counted.append(sum(o.numel() for o in outputs if isinstance(o, torch.Tensor)))
+
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
-    hooks = [m.register_forward_hook(lambda m, i, out: counted.append(out.numel())) for m in leaves]
+    hooks = [m.register_forward_hook(count) for m in leaves]
     try:
         model(x)
     finally:
