@@ -133,11 +133,13 @@ class Evaluator:
         """The precise statistics' batches and forward: with per-channel layers that read no
         earlier batch, as many batches stacked in one forward as :meth:`train_mode_logits`
         stacks."""
-        first = next(batches, None)
-        if first is None or not self.precise_stackable:
-            return ([] if first is None else chain([first], batches)), self.model
+        if not self.precise_stackable:
+            return batches, self.model
+        first = next(batches, None)  # its length is the batch size
+        if first is None:
+            return [], self.model
         groups = max(1, self.rows_per_forward(x) // len(first))
-        stacked = (torch.cat(group) for group in batched(chain([first], batches), groups))
+        stacked = (torch.cat(group) for group in _batched(chain([first], batches), groups))
         return stacked, lambda chunk: self._stacked(chunk, len(first))
 
 
@@ -147,7 +149,7 @@ def _stackable(layer: nn.Module) -> bool:
     return is_batch_independent(layer)
 
 
-def batched(items: Iterable[Tensor], size: int) -> Iterator[list[Tensor]]:
+def _batched(items: Iterable[Tensor], size: int) -> Iterator[list[Tensor]]:
     """Consecutive lists of ``size`` items (the last one shorter)."""
     items = iter(items)
     while group := list(islice(items, size)):

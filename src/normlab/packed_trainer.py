@@ -232,7 +232,7 @@ class PackedTrainer:
         groups = self.optimizer.param_groups
         decays = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
         self.decays = [decays[id(p)] for p in self.params]
-        for group in self.optimizer.param_groups:
+        for group in groups:
             group["weight_decay"] = 0.0
         with torch.no_grad():
             for param, rows in zip(self.params, self.ratio_rows, strict=True):
