@@ -62,6 +62,19 @@ def step_path(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["compiled", "pytorch"])
+def packed_ops(request, monkeypatch):
+    """Runs a test once per path of a packed model's linear layers: the compiled CPU op
+    (``normlab::packed_linear``, which must build here) and the autograd.Function."""
+    from normlab import extension
+
+    compiled = request.param == "compiled"
+    if compiled:
+        assert extension.entries() is not None, "the compiled CPU kernels failed to build"
+    monkeypatch.setattr(extension, "ENABLED", compiled)
+    return request.param
+
+
 @pytest.fixture
 def compose_config(tmp_path):
     """``compose_config(*overrides)``: the composed config, results under ``tmp_path``."""

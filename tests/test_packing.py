@@ -61,7 +61,9 @@ MIXED = ("batch", "batch", "moving_average", "renorm", "online", "online", "grou
         pytest.param(MODES, "cnn1d", False, "cuda", marks=ON_CUDA),
     ],
 )
-def test_a_packed_step_is_each_seeds_own_step(modes, model, centred, device, monkeypatch):
+def test_a_packed_step_is_each_seeds_own_step(
+    modes, model, centred, device, monkeypatch, packed_ops
+):
     """Forward, gradients and buffers of a packed model equal each seed's unpacked model (the
     reference: the seeds' own models, stepped one by one with torch.nn.functional), also with
     centred weights (a parametrization the packed layers carry over), with seeds of different
@@ -165,7 +167,7 @@ def _packed_and_alone(compose_config, *overrides):
 
 
 @pytest.mark.parametrize("mode", ["batch", "renorm", "online", "group"])
-def test_packed_runs_record_what_their_unpacked_runs_record(compose_config, mode):
+def test_packed_runs_record_what_their_unpacked_runs_record(compose_config, mode, packed_ops):
     """Same run ids, statuses, logged numbers and per-step traces to float tolerance
     (summation order differs), one record per seed."""
     packed, alone = _packed_and_alone(compose_config, *_mode(mode), "trace.steps=2")
@@ -181,7 +183,7 @@ def test_packed_runs_record_what_their_unpacked_runs_record(compose_config, mode
 
 
 @pytest.mark.parametrize(("batch", "bias"), [(1, True), (4, True), (3, False)])
-def test_packed_linear_is_each_seeds_linear_layer(batch, bias):
+def test_packed_linear_is_each_seeds_linear_layer(batch, bias, packed_ops):
     """Per seed ``x_s @ W_s.T + b_s`` in float64, its backward checked against finite
     differences (gradcheck) and its output against ``F.linear`` seed by seed."""
     seeds, fan_in, fan_out = 3, 5, 4
@@ -205,6 +207,19 @@ def test_packed_linear_is_each_seeds_linear_layer(batch, bias):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize(("batch", "bias"), [(1, True), (4, False)])
+def test_the_packed_linear_op_passes_opcheck(batch, bias):
+    """``normlab::packed_linear``'s registration: schema, autograd kernel, fake (meta) tensors
+    and AOT dispatch (torch.library.opcheck, every util)."""
+    from normlab import extension
+
+    assert extension.entries() is not None, "the compiled CPU kernels failed to build"
+    weight = torch.randn(3 * 4, 5, requires_grad=True)
+    args = (torch.randn(batch, 3 * 5, requires_grad=True), weight)
+    args += (torch.randn(3 * 4, requires_grad=True) if bias else None, 3)
+    torch.library.opcheck(torch.ops.normlab.packed_linear.default, args, test_utils="ALL")
+
+
 @pytest.mark.parametrize(
     ("extra", "factors"),
     [
@@ -214,7 +229,9 @@ def test_packed_linear_is_each_seeds_linear_layer(batch, bias):
         (["optim.weight_decay=0.1", "optim.momentum=0.0"], (2.0, 1.0, 0.5)),
     ],
 )
-def test_lr_factors_pack_with_each_seeds_own_learning_rate(compose_config, extra, factors):
+def test_lr_factors_pack_with_each_seeds_own_learning_rate(
+    compose_config, extra, factors, packed_ops
+):
     """The selection stage packs factors: each run steps with its own learning rate, with
     weight decay and clipping (every term of the step scales with it): AdamW, and SGD with
     momentum, Nesterov's and none, also at factors that are not powers of two."""
@@ -319,7 +336,9 @@ def test_resume_after_a_kill_resumes_every_seed(compose_config, monkeypatch):
         pd.testing.assert_frame_equal(a[numbers], b[numbers], rtol=1e-6, atol=1e-7)
 
 
-def test_a_resumed_pack_of_lr_factors_keeps_each_seeds_momentum(compose_config, monkeypatch):
+def test_a_resumed_pack_of_lr_factors_keeps_each_seeds_momentum(
+    compose_config, monkeypatch, packed_ops
+):
     """Each seed's checkpoint holds its own momentum (the packed SGD's buffer holds it times
     the seed's factor): killed and resumed, every factor ends as its unpacked run."""
     factors = (1.0, 0.5, 2.0)

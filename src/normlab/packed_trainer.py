@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from normlab.metrics import Window
 from normlab.norms import norm_layers
-from normlab.optim import build_optimizer
+from normlab.optim import build_optimizer, fused_sgd_step
 from normlab.packing import (
     ConvolutionBackend,
     NormGroup,
@@ -242,7 +242,7 @@ class PackedTrainer:
 
     def _optimizer_step(self) -> None:
         if self.lr_ratios is None:
-            self.optimizer.step()
+            _sgd_or_own_step(self.optimizer)
             return
         if self.scaled_sgd:
             self._scaled_sgd_step()
@@ -267,7 +267,7 @@ class PackedTrainer:
             scaled = torch.add(grad, param, alpha=decay) if decay else grad.clone()
             scaled.view(len(rows), -1).mul_(rows)
             param.grad = scaled
-        self.optimizer.step()
+        _sgd_or_own_step(self.optimizer)
         for param, grad in zip(self.params, grads, strict=True):
             param.grad = grad  # the seeds' rows report their own gradients
 
@@ -390,6 +390,12 @@ class _Group:
         own = [layer for name, layer in norms.items() if pack.slot(name).first == seeds.start]
         places = slice(seeds.start, seeds.stop)
         return cls(places, trainer, own, prepare_norms(trainer.run, own))
+
+
+def _sgd_or_own_step(optimizer: torch.optim.Optimizer) -> None:
+    """The packed optimizer's step: the fused SGD kernel without its wrapper where it applies."""
+    if not fused_sgd_step(optimizer):
+        optimizer.step()
 
 
 def _rows(per_seed: Tensor, slot: Slot) -> Tensor:

@@ -1,96 +1,45 @@
 """Compiled CPU training steps of the batch, moving_average, renorm and online layers.
 
-``csrc/fused_norm.cpp`` registers two custom operators per mode with PyTorch's dispatcher
-(``torch.ops.normlab``): ``<mode>_step``, which returns the output and what its backward needs
-and updates the running buffers, the step counter and the diagnostics record in place (its
-autograd kernel, a ``torch::autograd::Function``, marks the buffers dirty, so their version
-counters move as for an ATen in-place op), and ``<mode>_backward`` (not for ``batch``, whose
-autograd kernel calls ATen's batch-norm backward); and ``fold_diagnostics``, the diagnostics'
-fold (:mod:`normlab.norms.diagnostics`). Statistics, the per-channel algebra (r, d, clipping,
-running updates, diagnostics) and the output take one pass each; on small inputs the
+``csrc/fused_norm.cpp`` (in :mod:`normlab.extension`) registers two custom operators per mode
+with PyTorch's dispatcher (``torch.ops.normlab``): ``<mode>_step``, which returns the output and
+what its backward needs and updates the running buffers, the step counter and the diagnostics
+record in place (its autograd kernel, a ``torch::autograd::Function``, marks the buffers dirty,
+so their version counters move as for an ATen in-place op), and ``<mode>_backward`` (not for
+``batch``, whose autograd kernel calls ATen's batch-norm backward); and ``fold_diagnostics``, the
+diagnostics' fold (:mod:`normlab.norms.diagnostics`). Statistics, the per-channel algebra (r, d,
+clipping, running updates, diagnostics) and the output take one pass each; on small inputs the
 pure-PyTorch path spends most of its time dispatching a dozen tiny per-channel ops, which is
 what brings those layers to the speed of the native kernel (``scripts/bench_norm.py`` shows both
 paths side by side). Eager steps enter through the extension's Python module (pybind11), which
 converts the arguments faster than a ``torch.ops`` call; under torch.compile the ops are called,
 and the fake (meta) kernels below let them run on fake tensors (``torch.library.opcheck`` too).
 
-The extension is built on first use by torch's C++ extension loader (a C++ compiler and ninja,
-about a minute once; cached under ``TORCH_EXTENSIONS_DIR``, by default
-``~/.cache/torch_extensions``). Where it cannot be built the layers keep their pure-PyTorch path,
-after one warning. A layer's ``compiled_step`` attribute chooses per layer; ``NORMLAB_KERNELS=off``
-sets its default to the pure-PyTorch path. Both paths are tested against the same references.
+Where the extension cannot be built the layers keep their pure-PyTorch path, after one warning.
+A layer's ``compiled_step`` attribute chooses per layer; ``NORMLAB_KERNELS=off`` sets its default
+to the pure-PyTorch path. Both paths are tested against the same references.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import warnings
-from pathlib import Path
 from types import ModuleType
 
 import torch
 from torch import Tensor, nn
 
-SOURCE = Path(__file__).parent / "csrc" / "fused_norm.cpp"
+from normlab import extension as compiled
+
 DTYPES = (torch.float32, torch.float64)
-ENABLED = os.environ.get("NORMLAB_KERNELS", "on").lower() not in ("off", "0", "false")
+ENABLED = compiled.ENABLED
 
 
-def build() -> ModuleType:
-    """Compile (or load the cached build of) the extension, which registers its operators as
-    ``torch.ops.normlab``, and return its Python module (the eager entry points); raises if
-    that fails."""
-    from torch.utils.cpp_extension import load
-
-    _put_ninja_on_path()
-    suffix, flags = _vector_flags()
-    module = load(
-        name=f"normlab_fused_norm{suffix}",
-        sources=[str(SOURCE)],
-        # no errno from sqrt: the per-channel loops vectorize
-        extra_cflags=["-O3", "-fno-math-errno", *flags],
-        is_python_module=True,
-        verbose=False,
-    )
-    _register_fake_kernels()
-    return module
-
-
-def _vector_flags() -> tuple[str, list[str]]:
-    """AVX2/FMA code where this CPU has it (as ATen's own kernels use). The name carries the
-    choice, so a build cache shared by machines of several kinds (a cluster's home directory)
-    never hands one a binary its CPU cannot run."""
-    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
-        return "_avx2", ["-mavx2", "-mfma"]
-    return "", []
-
-
-def _put_ninja_on_path() -> None:
-    """torch's loader runs ``ninja`` from PATH; the pip-installed one lives in the venv, which
-    need not be activated."""
-    try:
-        import ninja
-    except ImportError:
-        return
-    path = os.environ.get("PATH", "")
-    if ninja.BIN_DIR not in path.split(os.pathsep):
-        os.environ["PATH"] = os.pathsep.join(filter(None, (ninja.BIN_DIR, path)))
-
-
-@functools.cache
 def entries() -> ModuleType | None:
-    """The extension's Python module, or None (with one warning) where it cannot be built."""
-    try:
-        return build()
-    except Exception as error:  # any build failure falls back to the pure-PyTorch layers
-        warnings.warn(
-            f"normlab: compiled norm kernels unavailable, using the pure-PyTorch path "
-            f"({type(error).__name__}: {(str(error).strip().splitlines() or [''])[-1]})",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return None
+    """The extension's Python module (its norm ops' fake kernels registered), or None where it
+    cannot be built."""
+    module = compiled.entries()
+    if module is not None:
+        _register_fake_kernels()
+    return module
 
 
 def extension() -> ModuleType | None:

@@ -23,8 +23,8 @@
 //   normlab::<mode>_backward  input, weight and bias gradients (online: and the control state);
 //                             none for batch, whose backward is ATen's.
 // One more, normlab::fold_diagnostics, folds the diagnostics records (norms/diagnostics.py).
-// Fake kernels for all are registered from Python (kernels.py). The Python module this builds
-// has one eager entry point per step op (end of file).
+// Fake kernels for all are registered from Python (kernels.py). The extension's Python module
+// (module.cpp) has one eager entry point per step op (add_norm_entries, end of file).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -1398,7 +1398,7 @@ struct EagerEntry<Out(Args...)> {
   }
 };
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+void add_norm_entries(pybind11::module_& m) {
   m.def("batch_step", &EagerEntry<BatchStepSig>::call<batch_step_op>);
   m.def("renorm_step", &EagerEntry<RenormStepSig>::call<renorm_step_op>);
   m.def("moving_average_step", &EagerEntry<MovingAverageStepSig>::call<moving_average_step_op>);
