@@ -75,9 +75,14 @@ def fused_sgd_step(optimizer: torch.optim.Optimizer) -> bool:
     for group in optimizer.param_groups:
         params = group["params"]
         grads = [p.grad for p in params]
-        buffers = [optimizer.state[p].get("momentum_buffer") for p in params]
-        if any(g is None for g in grads) or (group["momentum"] and None in buffers):
+        if any(g is None for g in grads):
             return False
+        buffers = [None] * len(params)
+        if group["momentum"]:
+            # "is None", not "None in": a tensor's == costs microseconds
+            buffers = [optimizer.state[p].get("momentum_buffer") for p in params]
+            if any(b is None for b in buffers):
+                return False
         steps.append((group, params, grads, buffers))
     for group, params, grads, buffers in steps:
         sgd(
