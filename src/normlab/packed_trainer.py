@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from normlab.data import SamplerStack
 from normlab.metrics import Window
 from normlab.norms import norm_layers
 from normlab.optim import build_optimizer, fused_sgd_step
@@ -100,6 +101,7 @@ class PackedTrainer:
         for seed in range(self.seeds):
             self.pack.load_seed(seed)
         self.optimizer = build_optimizer(self.model, self.run, fused=True)
+        self.batches = SamplerStack([t.sampler for t in trainers])
         self.convolutions = ConvolutionBackend(self.model, self.run.batch_size, self.device)
         self.pack.load_optimizer(self.optimizer, [t.optimizer for t in trainers])
         self.params = list(self.model.parameters())
@@ -186,7 +188,7 @@ class PackedTrainer:
         for group in self.groups[1:]:  # other norms, their own runs' schedules and switch
             own = group.trainer._schedule_values(self.step)
             apply_layer_values(own, group.schedules, group.norms)
-        index = torch.stack([t.sampler.next_indices() for _, t in self._running()])
+        index = self.batches.next_indices()
         x, y = self._inputs(index), self.data.y_train[index]
         with self.convolutions:
             with autocast(self.run, self.device):

@@ -25,7 +25,14 @@ from normlab.data import cifar10
 from normlab.data.dataset import DataError, Dataset, hold_out_validation
 from normlab.data.files import verify_md5
 from normlab.data.registry import DataSet, choose, get, load_dataset, names, register
-from normlab.data.samplers import SAMPLERS, IidSampler, NonIidSampler, Sampler, make_sampler
+from normlab.data.samplers import (
+    SAMPLERS,
+    IidSampler,
+    NonIidSampler,
+    Sampler,
+    SamplerStack,
+    make_sampler,
+)
 
 BUILT_IN = (mnist1d, idx, cifar10)
 
@@ -38,6 +45,7 @@ __all__ = [
     "IidSampler",
     "NonIidSampler",
     "Sampler",
+    "SamplerStack",
     "choose",
     "get",
     "hold_out_validation",

@@ -82,12 +82,16 @@ class _EpochSampler:
         """The next batch of the training stream: int64 indices on the labels' device."""
         start = self._position * self.batch_size
         batch = self._order[start : start + self.batch_size]
+        self._advance()
+        return batch
+
+    def _advance(self) -> None:
+        """Past the batch just served; a new epoch's order after its last."""
         self._position += 1
         if self._position == self.batches_per_epoch:
             self.epoch += 1
             self._position = 0
             self._begin_epoch()
-        return batch
 
     def epoch_batches(self) -> list[torch.Tensor]:
         """One epoch of batches for evaluation: the batches a fresh sampler with this
@@ -141,6 +145,39 @@ class _EpochSampler:
 
     def _load_extra_state(self, state: dict) -> None:
         pass
+
+
+class SamplerStack:
+    """The batches of several samplers side by side, ``(S, B)`` indices a step (a packed model's
+    seeds, :mod:`normlab.packed_trainer`), each sampler's stream unchanged: its epochs' orders
+    are stacked once an epoch and a step is one slice of them, while every sampler still moves
+    past each batch, so its state is the one it would have alone. Samplers of other kinds, or
+    not in step with each other, are asked one by one."""
+
+    def __init__(self, samplers: list[Sampler]) -> None:
+        self.samplers = samplers
+        first = samplers[0]
+        self.stacks = all(type(s) is type(first) for s in samplers) and all(
+            isinstance(s, _EpochSampler)
+            and (s.batch_size, s.batches_per_epoch, s.epoch, s._position)
+            == (first.batch_size, first.batches_per_epoch, first.epoch, first._position)
+            for s in samplers
+        )
+        self._epoch = -1
+
+    def next_indices(self) -> torch.Tensor:
+        """Each sampler's next batch, one row each."""
+        if not self.stacks:
+            return torch.stack([s.next_indices() for s in self.samplers])
+        first = self.samplers[0]
+        if self._epoch != first.epoch:
+            self._orders = torch.stack([s._order for s in self.samplers])
+            self._epoch = first.epoch
+        start = first._position * first.batch_size
+        batch = self._orders[:, start : start + first.batch_size].contiguous()
+        for sampler in self.samplers:
+            sampler._advance()
+        return batch
 
 
 class IidSampler(_EpochSampler):
