@@ -754,7 +754,7 @@ def test_dataset_loads_onto_cuda(tmp_path):
     [("iid", {"drop_last": True}), ("iid", {"drop_last": False}), ("non_iid", {})],
 )
 def test_a_stack_of_samplers_serves_each_ones_own_stream(kind, options):
-    """Three seeds' samplers stacked, over three epochs: each row is the batch that seed's
+    """Three seeds' samplers stacked, over three epochs: each column is the batch that seed's
     sampler serves alone (a twin drawn one batch at a time), and each sampler's state after
     is its twin's, so a packed run's checkpoint resumes its stream."""
     labels = shuffled_labels(3, 7)  # 21 examples: batch 4 leaves a partial batch
@@ -766,9 +766,9 @@ def test_a_stack_of_samplers_serves_each_ones_own_stream(kind, options):
     stack = SamplerStack(stacked)
     assert stack.stacks
     for _ in range(3 * stacked[0].batches_per_epoch + 2):
-        rows = stack.next_indices()
-        for row, twin in zip(rows, alone, strict=True):
-            assert torch.equal(row, twin.next_indices())
+        batches = stack.next_indices()  # (B, S): a column per sampler
+        for column, twin in zip(batches.T, alone, strict=True):
+            assert torch.equal(column, twin.next_indices())
     for ours, twin in zip(stacked, alone, strict=True):
         assert _same(ours.state_dict(), twin.state_dict())
 
@@ -792,5 +792,5 @@ def test_samplers_out_of_step_are_asked_one_by_one():
     twins[0].next_indices()
     stack = SamplerStack([ahead, behind])
     assert not stack.stacks
-    rows = stack.next_indices()
-    assert all(torch.equal(r, t.next_indices()) for r, t in zip(rows, twins, strict=True))
+    columns = stack.next_indices().T
+    assert all(torch.equal(c, t.next_indices()) for c, t in zip(columns, twins, strict=True))

@@ -192,8 +192,8 @@ class PackedTrainer:
         x, y = self._inputs(index), self.data.y_train[index]
         with self.convolutions:
             with autocast(self.run, self.device):
-                logits = self.model(x).view(y.shape[1], self.seeds, -1)
-                losses = F.cross_entropy(logits.float().permute(0, 2, 1), y.T, reduction="none")
+                logits = self.model(x).view(*y.shape, -1)
+                losses = F.cross_entropy(logits.float().permute(0, 2, 1), y, reduction="none")
                 losses = losses.mean(dim=0)
             for param in self.params:  # zero_grad(set_to_none=True) without its wrappers' cost
                 param.grad = None
@@ -201,17 +201,17 @@ class PackedTrainer:
         if self.run.optim.grad_clip is not None:
             self._clip_per_seed(self.run.optim.grad_clip)
         self._optimizer_step()
-        self.window.add(losses.detach(), logits.detach(), y.T)
+        self.window.add(losses.detach(), logits.detach(), y)
         if first.trace is not None:
             self._trace(losses.detach())
         self.step += 1
         self.seed_seconds += (time.perf_counter() - started) / self.seeds
 
     def _inputs(self, index: Tensor) -> Tensor:
-        """Seed ``s``'s batch as channel group ``s``: ``(B, S * C, ...)``."""
+        """Seed ``s``'s batch (column ``s`` of ``index``) as channel group ``s``:
+        ``(B, S * C, ...)``, gathered in that order."""
         x = self.data.x_train[index.view(-1)]
-        x = x.view(self.seeds, index.shape[1], *x.shape[1:]).transpose(0, 1)
-        return x.reshape(index.shape[1], -1, *x.shape[3:])
+        return x.view(index.shape[0], -1, *x.shape[2:])
 
     def _clip_per_seed(self, max_norm: float) -> None:
         """``clip_grad_norm_`` applied to each seed's gradients on their own."""

@@ -3,6 +3,7 @@ reproducible, resumable stream of int64 index tensors on the labels' device."""
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Protocol
 
@@ -74,8 +75,8 @@ class _EpochSampler:
         self._generator = torch.Generator().manual_seed(seed)
         self._order = torch.empty(0, dtype=torch.int64)
 
-    @property
-    def batches_per_epoch(self) -> int:
+    @functools.cached_property
+    def batches_per_epoch(self) -> int:  # read every step: len() of a tensor costs a microsecond
         return len(self.labels) // self.batch_size
 
     def next_indices(self) -> torch.Tensor:
@@ -148,11 +149,11 @@ class _EpochSampler:
 
 
 class SamplerStack:
-    """The batches of several samplers side by side, ``(S, B)`` indices a step (a packed model's
-    seeds, :mod:`normlab.packed_trainer`), each sampler's stream unchanged: its epochs' orders
-    are stacked once an epoch and a step is one slice of them, while every sampler still moves
-    past each batch, so its state is the one it would have alone. Samplers of other kinds, or
-    not in step with each other, are asked one by one."""
+    """The batches of S samplers side by side, ``(B, S)`` indices a step (column ``s``: sampler
+    ``s``'s batch; a packed model's seeds, :mod:`normlab.packed_trainer`), each sampler's stream
+    unchanged: its epochs' orders are stacked once an epoch and a step is one slice of them,
+    while every sampler still moves past each batch, so its state is the one it would have
+    alone. Samplers of other kinds, or not in step with each other, are asked one by one."""
 
     def __init__(self, samplers: list[Sampler]) -> None:
         self.samplers = samplers
@@ -166,15 +167,15 @@ class SamplerStack:
         self._epoch = -1
 
     def next_indices(self) -> torch.Tensor:
-        """Each sampler's next batch, one row each."""
+        """Each sampler's next batch, one column each."""
         if not self.stacks:
-            return torch.stack([s.next_indices() for s in self.samplers])
+            return torch.stack([s.next_indices() for s in self.samplers], dim=1)
         first = self.samplers[0]
         if self._epoch != first.epoch:
-            self._orders = torch.stack([s._order for s in self.samplers])
+            self._orders = torch.stack([s._order for s in self.samplers], dim=1)
             self._epoch = first.epoch
         start = first._position * first.batch_size
-        batch = self._orders[:, start : start + first.batch_size].contiguous()
+        batch = self._orders[start : start + first.batch_size]
         for sampler in self.samplers:
             sampler._advance()
         return batch
@@ -200,7 +201,7 @@ class IidSampler(_EpochSampler):
         self.drop_last = bool(drop_last)
         self._begin_epoch()
 
-    @property
+    @functools.cached_property
     def batches_per_epoch(self) -> int:
         if self.drop_last:
             return len(self.labels) // self.batch_size
