@@ -64,8 +64,8 @@ def build_optimizer(model: nn.Module, run: RunConfig, fused: bool = False) -> to
 @torch.no_grad()
 def fused_sgd_step(optimizer: torch.optim.Optimizer) -> bool:
     """``optimizer.step()`` of a fused ``torch.optim.SGD`` through torch's functional
-    ``torch.optim.sgd.sgd``: the same kernel and numbers, without about 50 us of the optimizer's
-    own Python a step (a tenth of a packed step of five small seeds, :mod:`normlab.packed_trainer`;
+    ``torch.optim.sgd.sgd``: the same kernel and numbers, without about 40 us of the optimizer's
+    own Python a step (6-10 % of a packed step of five small seeds, :mod:`normlab.packed_trainer`;
     unpacked runs keep torch's step; the optimizer's step hooks do not run). Returns False,
     having done nothing, where it does not apply: not a fused SGD, a parameter without a
     gradient, or no momentum buffers yet (the first step, which makes them)."""
