@@ -115,6 +115,10 @@ class PackedTrainer:
         self.lr_ratios = (
             None if all(r == 1.0 for r in ratios) else torch.tensor(ratios, device=self.device)
         )
+        # each parameter's seeds' factors, a column to scale its seeds' rows
+        self.ratio_rows = (
+            None if self.lr_ratios is None else [_rows(self.lr_ratios, s) for s in self.slots]
+        )
         self.scaled_sgd = self.lr_ratios is not None and isinstance(self.optimizer, torch.optim.SGD)
         if self.scaled_sgd:
             self._scale_gradients_instead()
@@ -230,7 +234,6 @@ class PackedTrainer:
         times the seed's own (undone in :meth:`_sync`). Exact for the powers of two a study's
         factors are; the other way round (stepping, then rescaling each update) costs three
         more ops per tensor and a copy of the parameters every step."""
-        self.ratio_rows = [_rows(self.lr_ratios, slot) for slot in self.slots]
         groups = self.optimizer.param_groups
         decays = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
         self.decays = [decays[id(p)] for p in self.params]
@@ -253,9 +256,8 @@ class PackedTrainer:
             before = [p.detach().clone() for p in self.params]
         self.optimizer.step()
         with torch.no_grad():
-            for param, slot, old in zip(self.params, self.slots, before, strict=True):
-                delta = param.sub_(old).view(slot.seeds, -1)
-                delta.mul_(_rows(self.lr_ratios, slot))
+            for param, rows, old in zip(self.params, self.ratio_rows, before, strict=True):
+                param.sub_(old).view(len(rows), -1).mul_(rows)
                 param.add_(old)
 
     @torch.no_grad()
